@@ -1,0 +1,410 @@
+//! The frozen BERT encoder: weights loaded once from safetensors, and a batched
+//! forward that calls the [`Hooks`] of each row group at the points `hooks.rs` draws.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::{BertConfig, HiddenAct};
+use crate::error::{Error, Result};
+use crate::hooks::{add_per_group, check_groups, rows, Group, Site, Sub};
+
+/// Whether the forward must be differentiable (training adapters) or fast (serving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Fused CPU kernels for softmax and LayerNorm (no gradients through them).
+    #[default]
+    Inference,
+    /// Composite, differentiable ops everywhere.
+    Train,
+}
+
+/// A bias or LayerNorm tensor together with the name adapters use to replace it.
+#[derive(Debug, Clone)]
+struct Named {
+    name: String,
+    t: Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    weight: Named,
+    bias: Named,
+}
+
+#[derive(Debug, Clone)]
+struct Dense {
+    /// `[out, in]`, PyTorch layout.
+    weight: Tensor,
+    bias: Named,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    /// Query, key and value weights stacked into one `[3d, d]` matmul.
+    qkv: Tensor,
+    q_bias: Named,
+    k_bias: Named,
+    v_bias: Named,
+    attn_out: Dense,
+    ln1: Norm,
+    inter: Dense,
+    out: Dense,
+    ln2: Norm,
+}
+
+/// Inputs of one padded batch.
+#[derive(Debug, Clone)]
+pub struct BatchInputs {
+    /// `[batch, tokens]` u32.
+    pub input_ids: Tensor,
+    /// `[batch, tokens]` u32.
+    pub token_type_ids: Tensor,
+    /// `[batch, tokens]` f32, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+/// The frozen encoder. It has no `&mut` methods: once loaded it is shared read-only.
+#[derive(Debug)]
+pub struct Bert {
+    config: BertConfig,
+    act: HiddenAct,
+    device: Device,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_ln: Norm,
+    layers: Vec<Layer>,
+    /// Shapes of every tensor of the checkpoint (names without `bert.`).
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+struct Loader<'a> {
+    st: &'a candle_core::safetensors::MmapedSafetensors,
+    prefix: &'static str,
+    device: &'a Device,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl Loader<'_> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{}", self.prefix, name);
+        let t = self.st.load(&full, self.device).map_err(|e| Error::Weights {
+            name: full.clone(),
+            message: format!("cannot load: {e}"),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::Weights {
+                name: full,
+                message: format!("expected shape {shape:?}, found {:?}", t.dims()),
+            });
+        }
+        let t = t.to_dtype(DType::F32)?;
+        self.shapes.insert(name.to_owned(), shape.to_vec());
+        Ok(t)
+    }
+
+    fn named(&mut self, name: String, shape: &[usize]) -> Result<Named> {
+        let t = self.get(&name, shape)?;
+        Ok(Named { name, t })
+    }
+
+    fn norm(&mut self, prefix: &str, d: usize) -> Result<Norm> {
+        Ok(Norm {
+            weight: self.named(format!("{prefix}.weight"), &[d])?,
+            bias: self.named(format!("{prefix}.bias"), &[d])?,
+        })
+    }
+
+    fn dense(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Dense> {
+        Ok(Dense {
+            weight: self.get(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: self.named(format!("{prefix}.bias"), &[out])?,
+        })
+    }
+}
+
+impl Bert {
+    /// Loads the weights (memory-mapped safetensors, with or without a `bert.` prefix).
+    pub fn load(config: BertConfig, weights: &Path, device: &Device) -> Result<Self> {
+        // SAFETY: the file is mapped read-only and copied into tensors before return;
+        // the model folder is not expected to change while the server starts.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(weights) }.map_err(
+            |e| Error::Weights {
+                name: weights.display().to_string(),
+                message: format!("not a readable safetensors file: {e}"),
+            },
+        )?;
+        let has = |n: &str| st.get(n).is_ok();
+        let prefix = if has("embeddings.word_embeddings.weight") {
+            ""
+        } else if has("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            return Err(Error::Weights {
+                name: "embeddings.word_embeddings.weight".into(),
+                message: "missing (looked for it with and without the `bert.` prefix)".into(),
+            });
+        };
+        let act = config.activation().map_err(|message| Error::Weights {
+            name: "config".into(),
+            message,
+        })?;
+        let (d, i) = (config.hidden_size, config.intermediate_size);
+        let mut ld = Loader {
+            st: &st,
+            prefix,
+            device,
+            shapes: BTreeMap::new(),
+        };
+        let word = ld.get("embeddings.word_embeddings.weight", &[config.vocab_size, d])?;
+        let position = ld.get(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, d],
+        )?;
+        let token_type = ld.get(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, d],
+        )?;
+        let emb_ln = ld.norm("embeddings.LayerNorm", d)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = |s: Site| Site::tensor_prefix(s, l);
+            let q = ld.dense(&p(Site::Query), d, d)?;
+            let k = ld.dense(&p(Site::Key), d, d)?;
+            let v = ld.dense(&p(Site::Value), d, d)?;
+            layers.push(Layer {
+                qkv: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+                q_bias: q.bias,
+                k_bias: k.bias,
+                v_bias: v.bias,
+                attn_out: ld.dense(&p(Site::AttnOut), d, d)?,
+                ln1: ld.norm(&format!("encoder.layer.{l}.attention.output.LayerNorm"), d)?,
+                inter: ld.dense(&p(Site::Inter), i, d)?,
+                out: ld.dense(&p(Site::Out), d, i)?,
+                ln2: ld.norm(&format!("encoder.layer.{l}.output.LayerNorm"), d)?,
+            });
+        }
+        let shapes = ld.shapes;
+        Ok(Bert {
+            config,
+            act,
+            device: device.clone(),
+            word,
+            position,
+            token_type,
+            emb_ln,
+            layers,
+            shapes,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Shapes of the encoder's tensors by name (without `bert.`); the pooler is not used.
+    pub fn tensor_shapes(&self) -> &BTreeMap<String, Vec<usize>> {
+        &self.shapes
+    }
+
+    /// Parameters of the encoder (embeddings + layers, as loaded).
+    pub fn parameter_count(&self) -> usize {
+        self.shapes.values().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// A bias or LayerNorm tensor by name (without `bert.`), e.g. for BitFit's initial values.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        let mut named: Vec<&Named> = vec![&self.emb_ln.weight, &self.emb_ln.bias];
+        for l in &self.layers {
+            named.extend([
+                &l.q_bias,
+                &l.k_bias,
+                &l.v_bias,
+                &l.attn_out.bias,
+                &l.ln1.weight,
+                &l.ln1.bias,
+                &l.inter.bias,
+                &l.out.bias,
+                &l.ln2.weight,
+                &l.ln2.bias,
+            ]);
+        }
+        named.into_iter().find(|n| n.name == name).map(|n| &n.t)
+    }
+
+    /// `[in, out]` of a layer's linear.
+    pub fn linear_dims(&self, site: Site) -> (usize, usize) {
+        let (d, i) = (self.config.hidden_size, self.config.intermediate_size);
+        match site {
+            Site::Inter => (d, i),
+            Site::Out => (i, d),
+            _ => (d, d),
+        }
+    }
+
+    /// Runs the encoder over a padded batch; returns token vectors `[batch, tokens, d]`.
+    pub fn forward(&self, inp: &BatchInputs, groups: &[Group<'_>], mode: Mode) -> Result<Tensor> {
+        let (b, t) = inp.input_ids.dims2()?;
+        check_groups(groups, b).map_err(Error::Input)?;
+        if t > self.config.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "{t} tokens exceed the model's {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let f = Fwd {
+            m: self,
+            groups,
+            mode,
+        };
+        let d = self.config.hidden_size;
+        let ids = inp.input_ids.flatten_all()?;
+        let types = inp.token_type_ids.flatten_all()?;
+        let words = self.word.index_select(&ids, 0)?.reshape((b, t, d))?;
+        let typ = self.token_type.index_select(&types, 0)?.reshape((b, t, d))?;
+        let pos = self.position.narrow(0, 0, t)?;
+        let e = words.add(&typ)?.broadcast_add(&pos)?;
+        let e = f.norm(&e, &self.emb_ln)?;
+
+        // Additive attention mask [b, 1, 1, t]: 0 for tokens, a large negative for padding.
+        let mask = ((inp.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?
+            .reshape((b, 1, 1, t))?;
+        let mut h = e.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            h = f.layer(l, layer, &h, &mask)?;
+        }
+        add_per_group(&h, groups, |hk, r| hk.encoder(&rows(&e, r)?))
+            .map_err(Error::from)
+    }
+}
+
+/// One forward pass: the model, the batch's groups and the mode.
+struct Fwd<'a> {
+    m: &'a Bert,
+    groups: &'a [Group<'a>],
+    mode: Mode,
+}
+
+impl Fwd<'_> {
+    /// `x` with each group's replacement (or the backbone's own) vector added on the last dim.
+    fn add_param(&self, x: &Tensor, p: &Named) -> candle_core::Result<Tensor> {
+        let overridden = self
+            .groups
+            .iter()
+            .any(|g| g.hooks.and_then(|h| h.param(&p.name)).is_some());
+        if !overridden {
+            return x.broadcast_add(&p.t);
+        }
+        let mut pieces = Vec::with_capacity(self.groups.len());
+        for g in self.groups {
+            let v = g.hooks.and_then(|h| h.param(&p.name)).unwrap_or(&p.t);
+            pieces.push(rows(x, &g.rows)?.broadcast_add(v)?);
+        }
+        Tensor::cat(&pieces, 0)
+    }
+
+    fn mul_param(&self, x: &Tensor, p: &Named) -> candle_core::Result<Tensor> {
+        let overridden = self
+            .groups
+            .iter()
+            .any(|g| g.hooks.and_then(|h| h.param(&p.name)).is_some());
+        if !overridden {
+            return x.broadcast_mul(&p.t);
+        }
+        let mut pieces = Vec::with_capacity(self.groups.len());
+        for g in self.groups {
+            let v = g.hooks.and_then(|h| h.param(&p.name)).unwrap_or(&p.t);
+            pieces.push(rows(x, &g.rows)?.broadcast_mul(v)?);
+        }
+        Tensor::cat(&pieces, 0)
+    }
+
+    fn norm(&self, x: &Tensor, n: &Norm) -> candle_core::Result<Tensor> {
+        let eps = self.m.config.layer_norm_eps;
+        let overridden = self.groups.iter().any(|g| {
+            g.hooks
+                .is_some_and(|h| h.param(&n.weight.name).is_some() || h.param(&n.bias.name).is_some())
+        });
+        if self.mode == Mode::Inference && !overridden {
+            return candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight.t, &n.bias.t, eps as f32);
+        }
+        let d = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / d)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+        self.add_param(&self.mul_param(&xn, &n.weight)?, &n.bias)
+    }
+
+    /// `x Wᵀ` over the whole batch (x: `[b, t, in]`), plus each group's LoRA term.
+    fn matmul(&self, l: usize, site: Site, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, k) = x.dims3()?;
+        let y = x.reshape((b * t, k))?.matmul(&w.t()?)?;
+        let y = y.reshape((b, t, w.dim(0)?))?;
+        add_per_group(&y, self.groups, |hk, r| hk.linear(l, site, &rows(x, r)?))
+    }
+
+    fn dense(&self, l: usize, site: Site, x: &Tensor, dn: &Dense) -> candle_core::Result<Tensor> {
+        let y = self.matmul(l, site, x, &dn.weight)?;
+        self.add_param(&y, &dn.bias)
+    }
+
+    fn softmax(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+            Mode::Train => candle_nn::ops::softmax(x, D::Minus1),
+        }
+    }
+
+    fn layer(&self, l: usize, ly: &Layer, h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let cfg = &self.m.config;
+        let (b, t, d) = h.dims3()?;
+        let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim());
+        let g = self.groups;
+
+        // Self-attention: one matmul for q, k, v; LoRA terms per projection.
+        let qkv = h.reshape((b * t, d))?.matmul(&ly.qkv.t()?)?.reshape((b, t, 3 * d))?;
+        let proj = |i: usize, site: Site, bias: &Named| -> candle_core::Result<Tensor> {
+            let y = qkv.narrow(2, i * d, d)?;
+            let y = add_per_group(&y, g, |hk, r| hk.linear(l, site, &rows(h, r)?))?;
+            self.add_param(&y, bias)
+        };
+        let heads = |x: Tensor| -> candle_core::Result<Tensor> {
+            x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = heads(proj(0, Site::Query, &ly.q_bias)?)?;
+        let k = heads(proj(1, Site::Key, &ly.k_bias)?)?;
+        let v = heads(proj(2, Site::Value, &ly.v_bias)?)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = self.softmax(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let a = self.dense(l, Site::AttnOut, &ctx, &ly.attn_out)?;
+        let a = add_per_group(&a, g, |hk, r| hk.inner(l, Sub::Attn, &rows(&a, r)?))?;
+        let u = self.norm(&h.add(&a)?, &ly.ln1)?;
+        let u = add_per_group(&u, g, |hk, r| {
+            let hr = rows(h, r)?;
+            hk.aside(l, Sub::Attn, &hr, &hr)
+        })?;
+
+        // Feed-forward.
+        let x = self.dense(l, Site::Inter, &u, &ly.inter)?;
+        let x = match self.m.act {
+            HiddenAct::Gelu => x.gelu_erf()?,
+            HiddenAct::GeluTanh => x.gelu()?,
+            HiddenAct::Relu => x.relu()?,
+        };
+        let fo = self.dense(l, Site::Out, &x, &ly.out)?;
+        let fo = add_per_group(&fo, g, |hk, r| hk.inner(l, Sub::Ffn, &rows(&fo, r)?))?;
+        let out = self.norm(&u.add(&fo)?, &ly.ln2)?;
+        add_per_group(&out, g, |hk, r| {
+            hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?)
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! Pooling token vectors into one vector per input, and L2 normalisation.
+//! Written with plain tensor ops so training can differentiate through them.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::config::Pooling;
+
+/// `h`: `[b, t, d]`, `mask`: `[b, t]` (1 = token). Returns `[b, d]`.
+pub fn pool(h: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
+    match pooling {
+        Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1),
+        Pooling::Mean => {
+            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let sum = h.broadcast_mul(&m)?.sum(1)?;
+            let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+            sum.broadcast_div(&count)
+        }
+    }
+}
+
+/// Divides each row by its L2 norm (at least 1e-12, as `torch.nn.functional.normalize`).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+/// In-place L2 normalisation of a vector.
+pub fn l2_normalize_vec(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}

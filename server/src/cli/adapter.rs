@@ -1,0 +1,126 @@
+//! `aside adapter inspect FILE` and `aside adapter convert --peft DIR -o FILE`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use aside_adapters::{format, peft, Adapter, Dims};
+use aside_backbone::{Backbone, LoadOptions};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum AdapterCommand {
+    /// Validate an adapter (native file or PEFT folder) and print what it is.
+    Inspect(InspectArgs),
+    /// Convert a Hugging Face PEFT LoRA folder to a native adapter file.
+    Convert(ConvertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A native `.safetensors` adapter, or a PEFT folder.
+    pub file: PathBuf,
+    /// Model folder the adapter is checked against.
+    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
+    pub model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// PEFT folder (`adapter_config.json` + `adapter_model.safetensors`).
+    #[arg(long)]
+    pub peft: PathBuf,
+    /// Output native adapter file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Model folder the adapter is checked against (its sha256 is recorded).
+    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
+    pub model: PathBuf,
+}
+
+/// Loads an adapter for `backbone`: a native file, or a PEFT folder converted on the fly.
+pub fn load_adapter(path: &Path, backbone: &Backbone) -> anyhow::Result<Adapter> {
+    let dims = Dims::of(backbone);
+    if path.is_dir() {
+        return peft::convert_dir(path, &dims)
+            .with_context(|| format!("PEFT adapter {}", path.display()));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    format::read_adapter(&bytes, &dims, u64::MAX)
+        .with_context(|| format!("adapter {}", path.display()))
+}
+
+pub fn run(cmd: AdapterCommand) -> anyhow::Result<()> {
+    match cmd {
+        AdapterCommand::Inspect(a) => inspect(a),
+        AdapterCommand::Convert(a) => convert(a),
+    }
+}
+
+fn load_backbone(model: &Path) -> anyhow::Result<Backbone> {
+    Backbone::load(model, &LoadOptions::default())
+        .with_context(|| format!("loading model from {}", model.display()))
+}
+
+fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let backbone = load_backbone(&a.model)?;
+    let adapter = load_adapter(&a.file, &backbone)?;
+    let m = adapter.meta();
+    let total = backbone.bert().parameter_count();
+    let pct = 100.0 * adapter.param_count() as f64 / total as f64;
+    let pool = adapter.pooling(backbone.pooling());
+    if a.json {
+        let v = serde_json::json!({
+            "kind": m.kind.name(), "task": m.task.name(), "r": m.r, "ar": m.ar,
+            "activation": m.activation.name(), "params": adapter.param_count(),
+            "params_percent": pct, "backbone_params": total,
+            "pooling": pool.pooling.to_string(), "normalize": pool.normalize,
+            "lora_targets": m.lora_targets.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "backbone": m.backbone,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("kind:        {}", m.kind);
+    println!("task:        {}", m.task);
+    if let Some(r) = m.r {
+        println!("r:           {r}");
+    }
+    if let Some(ar) = m.ar {
+        println!("ar:          {ar}");
+    }
+    println!("activation:  {}", m.activation.name());
+    if m.kind == aside_adapters::Kind::Lora {
+        let t: Vec<&str> = m.lora_targets.iter().map(|s| s.name()).collect();
+        println!("lora:        targets {} alpha {} scale {}", t.join(","), m.lora_alpha.unwrap_or(0.0), m.lora_scale());
+    }
+    println!("pooling:     {} (normalize {})", pool.pooling, pool.normalize);
+    println!(
+        "parameters:  {} ({pct:.3}% of the backbone's {total})",
+        adapter.param_count()
+    );
+    println!(
+        "backbone:    {}",
+        m.backbone.as_deref().unwrap_or("(not recorded)")
+    );
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> anyhow::Result<()> {
+    let backbone = load_backbone(&a.model)?;
+    let adapter = peft::convert_dir(&a.peft, &Dims::of(&backbone))
+        .with_context(|| format!("PEFT adapter {}", a.peft.display()))?;
+    let mut meta = adapter.meta().clone();
+    meta.backbone = Some(backbone.sha256().to_owned());
+    let bytes = format::write_tensors(&meta.to_map(), adapter.tensors())?;
+    std::fs::write(&a.output, bytes).with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "wrote {} (lora, r={}, {} parameters)",
+        a.output.display(),
+        meta.r.unwrap_or(0),
+        adapter.param_count()
+    );
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Command-line parsing and dispatch to each subcommand.
+
+mod adapter;
+mod embed;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// aside: many retrieval tasks served from one frozen backbone, each a small adapter.
+#[derive(Debug, Parser)]
+#[command(name = "aside", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed JSONL from stdin (`{"id", "text"}` per line) to JSONL on stdout.
+    Embed(embed::EmbedArgs),
+    /// Inspect or convert adapter files.
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Embed(a) => embed::run(a),
+        Command::Adapter(c) => adapter::run(c),
+    }
+}
+
+/// The default model folder, relative to the working directory.
+pub fn default_model_dir() -> PathBuf {
+    PathBuf::from("models/all-MiniLM-L6-v2")
+}
