@@ -245,6 +245,7 @@ impl Backbone {
             input_ids: Tensor::from_vec(ids, (b, t), dev)?,
             token_type_ids: Tensor::from_vec(types, (b, t), dev)?,
             attention_mask: Tensor::from_vec(mask, (b, t), dev)?,
+            lengths: encs.iter().map(|e| e.ids.len()).collect(),
         })
     }
 }

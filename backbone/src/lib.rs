@@ -5,6 +5,7 @@
 //! | `config.rs` | `config.json`, pooling config, the model folder's files |
 //! | `tokenize.rs` | the tokenizer with our truncation (no padding) |
 //! | `model.rs` | the weights and the batched forward with hook points |
+//! | `kernels.rs` | fused CPU kernels of the serving path |
 //! | `hooks.rs` | the [`Hooks`] trait adapters implement, row groups |
 //! | `pooling.rs` | cls / mean pooling, L2 normalisation |
 //! | `encoder.rs` | [`Backbone`]: load a folder, encode inputs in batches |
@@ -16,6 +17,7 @@ mod config;
 mod encoder;
 mod error;
 mod hooks;
+mod kernels;
 mod model;
 pub mod pooling;
 pub mod testing;

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::{BertConfig, HiddenAct};
 use crate::error::{Error, Result};
 use crate::hooks::{add_per_group, check_groups, rows, Group, Site, Sub};
+use crate::kernels;
 
 /// Whether the forward must be differentiable (training adapters) or fast (serving).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +45,8 @@ struct Dense {
 struct Layer {
     /// Query, key and value weights stacked into one `[3d, d]` matmul.
     qkv: Tensor,
+    /// Their biases stacked the same way, `[3d]`.
+    qkv_bias: Tensor,
     q_bias: Named,
     k_bias: Named,
     v_bias: Named,
@@ -63,6 +66,8 @@ pub struct BatchInputs {
     pub token_type_ids: Tensor,
     /// `[batch, tokens]` f32, 1 for real tokens and 0 for padding.
     pub attention_mask: Tensor,
+    /// Real tokens of each row; padding follows them (right padding).
+    pub lengths: Vec<usize>,
 }
 
 /// The frozen encoder. It has no `&mut` methods: once loaded it is shared read-only.
@@ -176,6 +181,7 @@ impl Bert {
             let v = ld.dense(&p(Site::Value), d, d)?;
             layers.push(Layer {
                 qkv: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+                qkv_bias: Tensor::cat(&[&q.bias.t, &k.bias.t, &v.bias.t], 0)?,
                 q_bias: q.bias,
                 k_bias: k.bias,
                 v_bias: v.bias,
@@ -258,10 +264,12 @@ impl Bert {
                 self.config.max_position_embeddings
             )));
         }
+        let fast = mode == Mode::Inference && self.device.is_cpu();
         let f = Fwd {
             m: self,
             groups,
             mode,
+            lengths: &inp.lengths,
         };
         let d = self.config.hidden_size;
         let ids = inp.input_ids.flatten_all()?;
@@ -277,7 +285,11 @@ impl Bert {
             .reshape((b, 1, 1, t))?;
         let mut h = e.clone();
         for (l, layer) in self.layers.iter().enumerate() {
-            h = f.layer(l, layer, &h, &mask)?;
+            h = if fast {
+                f.layer_fast(l, layer, &h)?
+            } else {
+                f.layer(l, layer, &h, &mask)?
+            };
         }
         add_per_group(&h, groups, |hk, r| hk.encoder(&rows(&e, r)?))
             .map_err(Error::from)
@@ -289,9 +301,109 @@ struct Fwd<'a> {
     m: &'a Bert,
     groups: &'a [Group<'a>],
     mode: Mode,
+    lengths: &'a [usize],
 }
 
 impl Fwd<'_> {
+    /// Whether any group replaces this backbone tensor (BitFit).
+    fn overridden(&self, p: &Named) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.hooks.and_then(|h| h.param(&p.name)).is_some())
+    }
+
+    /// A linear with the fused kernel when no group replaces its bias; LoRA terms added per group.
+    fn dense_fast(
+        &self,
+        l: usize,
+        site: Site,
+        x: &Tensor,
+        dn: &Dense,
+        epi: kernels::Epilogue,
+    ) -> candle_core::Result<Tensor> {
+        if self.overridden(&dn.bias) {
+            let y = self.dense(l, site, x, dn)?;
+            return match epi {
+                kernels::Epilogue::None => Ok(y),
+                kernels::Epilogue::Gelu => kernels::gelu(&y),
+            };
+        }
+        if self.groups.iter().all(|g| g.hooks.is_none()) {
+            return kernels::linear(x, &dn.weight, &dn.bias.t, epi);
+        }
+        // A LoRA term must be added before the activation.
+        let y = kernels::linear(x, &dn.weight, &dn.bias.t, kernels::Epilogue::None)?;
+        let y = add_per_group(&y, self.groups, |hk, r| hk.linear(l, site, &rows(x, r)?))?;
+        match epi {
+            kernels::Epilogue::None => Ok(y),
+            kernels::Epilogue::Gelu => kernels::gelu(&y),
+        }
+    }
+
+    /// `LN(x + y)`, fused unless a group replaces the LayerNorm's tensors.
+    fn add_norm(&self, x: &Tensor, y: &Tensor, n: &Norm) -> candle_core::Result<Tensor> {
+        if self.overridden(&n.weight) || self.overridden(&n.bias) {
+            return self.norm(&x.add(y)?, n);
+        }
+        kernels::add_layer_norm(x, y, &n.weight.t, &n.bias.t, self.m.config.layer_norm_eps)
+    }
+
+    /// The same layer as [`Fwd::layer`], through the fused kernels.
+    fn layer_fast(&self, l: usize, ly: &Layer, h: &Tensor) -> candle_core::Result<Tensor> {
+        let cfg = &self.m.config;
+        let d = cfg.hidden_size;
+        let g = self.groups;
+        let qkv_plain = !(self.overridden(&ly.q_bias)
+            || self.overridden(&ly.k_bias)
+            || self.overridden(&ly.v_bias));
+        let mut qkv = if qkv_plain {
+            kernels::linear(h, &ly.qkv, &ly.qkv_bias, kernels::Epilogue::None)?
+        } else {
+            let (b, t, _) = h.dims3()?;
+            let y = h.reshape((b * t, d))?.matmul(&ly.qkv.t()?)?.reshape((b, t, 3 * d))?;
+            let parts = [&ly.q_bias, &ly.k_bias, &ly.v_bias]
+                .iter()
+                .enumerate()
+                .map(|(i, bias)| self.add_param(&y.narrow(2, i * d, d)?, bias))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 2)?
+        };
+        // LoRA on q, k or v: add each projection's per-group term, then re-pack.
+        let sites = [Site::Query, Site::Key, Site::Value];
+        let mut parts: Vec<Tensor> = Vec::new();
+        let mut any = false;
+        for (i, site) in sites.into_iter().enumerate() {
+            let y = qkv.narrow(2, i * d, d)?;
+            let z = add_per_group(&y, g, |hk, r| hk.linear(l, site, &rows(h, r)?))?;
+            any |= !same(&y, &z);
+            parts.push(z);
+        }
+        if any {
+            qkv = Tensor::cat(&parts, 2)?;
+        }
+        let ctx = kernels::attention(&qkv, self.lengths, cfg.num_attention_heads)?;
+        let a = self.dense_fast(l, Site::AttnOut, &ctx, &ly.attn_out, kernels::Epilogue::None)?;
+        let a = add_per_group(&a, g, |hk, r| hk.inner(l, Sub::Attn, &rows(&a, r)?))?;
+        let u = self.add_norm(h, &a, &ly.ln1)?;
+        let u = add_per_group(&u, g, |hk, r| {
+            let hr = rows(h, r)?;
+            hk.aside(l, Sub::Attn, &hr, &hr)
+        })?;
+        let x = match self.m.act {
+            HiddenAct::Gelu => {
+                self.dense_fast(l, Site::Inter, &u, &ly.inter, kernels::Epilogue::Gelu)?
+            }
+            HiddenAct::GeluTanh => self.dense(l, Site::Inter, &u, &ly.inter)?.gelu()?,
+            HiddenAct::Relu => self.dense(l, Site::Inter, &u, &ly.inter)?.relu()?,
+        };
+        let fo = self.dense_fast(l, Site::Out, &x, &ly.out, kernels::Epilogue::None)?;
+        let fo = add_per_group(&fo, g, |hk, r| hk.inner(l, Sub::Ffn, &rows(&fo, r)?))?;
+        let out = self.add_norm(&u, &fo, &ly.ln2)?;
+        add_per_group(&out, g, |hk, r| {
+            hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?)
+        })
+    }
+
     /// `x` with each group's replacement (or the backbone's own) vector added on the last dim.
     fn add_param(&self, x: &Tensor, p: &Named) -> candle_core::Result<Tensor> {
         let overridden = self
@@ -407,4 +519,9 @@ impl Fwd<'_> {
             hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?)
         })
     }
+}
+
+/// Whether two tensors are the same view of the same storage (no delta was added).
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.id() == b.id()
 }

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch to each subcommand.
 
 mod adapter;
+mod bench;
 mod embed;
 
 use std::path::PathBuf;
@@ -19,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Embed JSONL from stdin (`{"id", "text"}` per line) to JSONL on stdout.
     Embed(embed::EmbedArgs),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Inspect or convert adapter files.
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
@@ -28,10 +32,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
         Command::Adapter(c) => adapter::run(c),
+        Command::Bench(BenchCommand::Encode(a)) => bench::run(a),
     }
 }
 
 /// The default model folder, relative to the working directory.
 pub fn default_model_dir() -> PathBuf {
     PathBuf::from("models/all-MiniLM-L6-v2")
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Corpus encoding throughput (docs/s, tokens/s).
+    Encode(bench::BenchArgs),
 }

@@ -1,0 +1,96 @@
+//! `aside bench encode`: corpus-encoding throughput on a BEIR corpus (title + " " + text),
+//! the figure the README reports. Prints docs/s and tokens/s for each timed repeat.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use aside_backbone::{Backbone, EncodeOptions, Input, LoadOptions};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model folder.
+    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
+    pub model: PathBuf,
+    /// BEIR folder with `corpus.jsonl`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Documents to encode (the corpus's first N).
+    #[arg(long, default_value_t = 512)]
+    pub docs: usize,
+    #[arg(long, default_value_t = aside_backbone::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
+    #[arg(long, default_value_t = aside_backbone::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Timed repeats after one warm-up pass over a single batch.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+}
+
+/// Reads `title + " " + text` of the first `n` documents of a BEIR corpus.
+pub fn read_corpus(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        if out.len() >= n {
+            break;
+        }
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+        let title = s("title");
+        let text = s("text");
+        let doc = if title.is_empty() { text } else { format!("{title} {text}") };
+        out.push((s("_id"), doc));
+    }
+    Ok(out)
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let backbone = Backbone::load(&a.model, &LoadOptions::default())?;
+    let docs = read_corpus(&a.data.join("corpus.jsonl"), a.docs)?;
+    let texts: Vec<&str> = docs.iter().map(|(_, t)| t.as_str()).collect();
+    let opts = EncodeOptions {
+        max_length: a.max_length,
+        batch_size: a.batch_size,
+    };
+    let inputs: Vec<Input<'_>> = texts.iter().map(|t| Input::Single(t)).collect();
+    let tokens: usize = backbone
+        .tokens()
+        .encode(&inputs, a.max_length)?
+        .iter()
+        .map(|e| e.ids.len())
+        .sum();
+    backbone.embed(&texts[..a.batch_size.min(texts.len())], &opts)?;
+    println!(
+        "encode: {} docs, {} tokens (max length {}, batch {}, {} threads)",
+        texts.len(),
+        tokens,
+        a.max_length,
+        a.batch_size,
+        rayon_threads()
+    );
+    for r in 0..a.repeats {
+        let t0 = Instant::now();
+        backbone.embed(&texts, &opts)?;
+        let s = t0.elapsed().as_secs_f64();
+        println!(
+            "repeat {}: {:.2} s, {:.1} docs/s, {:.0} tokens/s",
+            r + 1,
+            s,
+            texts.len() as f64 / s,
+            tokens as f64 / s
+        );
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
