@@ -200,3 +200,26 @@ impl TinyBert {
 pub mod anyhow_free {
     pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 }
+
+/// The real default model for tests: `$ASIDE_TEST_MODEL`, else
+/// `models/all-MiniLM-L6-v2` at the workspace root (`crate_dir/..`). Returns `None`
+/// with a printed reason when it is absent, unless `ASIDE_REQUIRE_MODEL=1` (CI),
+/// where absence is a failure.
+pub fn real_model(crate_dir: &str) -> Option<std::path::PathBuf> {
+    let dir = match std::env::var_os("ASIDE_TEST_MODEL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => Path::new(crate_dir).join("../models/all-MiniLM-L6-v2"),
+    };
+    if dir.join("model.safetensors").is_file() {
+        return Some(dir);
+    }
+    let msg = format!(
+        "real model not found at {} (run scripts/fetch-model.sh)",
+        dir.display()
+    );
+    if std::env::var("ASIDE_REQUIRE_MODEL").as_deref() == Ok("1") {
+        panic!("{msg}, and ASIDE_REQUIRE_MODEL=1");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}

@@ -1,0 +1,80 @@
+//! The real default model (all-MiniLM-L6-v2) against an independent NumPy
+//! implementation (`tools/reference.py`, outputs committed as fixtures).
+//! Skips with a printed reason when the model is absent; CI fetches it.
+
+use aside_backbone::testing::real_model;
+use aside_backbone::{Backbone, EncodeOptions, LoadOptions};
+
+fn load() -> Option<Backbone> {
+    let dir = real_model(env!("CARGO_MANIFEST_DIR"))?;
+    Some(Backbone::load(&dir, &LoadOptions::default()).expect("real model loads"))
+}
+
+fn read_jsonl(path: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn cos(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn matches_the_independent_reference_for_every_vector() {
+    let Some(b) = load() else { return };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let inputs = read_jsonl(&format!("{dir}/minilm_inputs.jsonl"));
+    let want = read_jsonl(&format!("{dir}/minilm_reference.jsonl"));
+    let texts: Vec<&str> = inputs.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    let got = b.embed(&texts, &EncodeOptions::default()).unwrap();
+    assert_eq!(got.len(), want.len());
+    for ((g, w), inp) in got.iter().zip(&want).zip(&inputs) {
+        let w: Vec<f32> = w["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(g.len(), 384);
+        let c = cos(g, &w);
+        let d = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(c >= 0.9999, "{}: cosine {c}", inp["id"]);
+        assert!(d <= 1e-4, "{}: max abs diff {d}", inp["id"]);
+    }
+}
+
+#[test]
+fn sentence_transformers_example_sentences() {
+    let Some(b) = load() else { return };
+    let v = b
+        .embed(
+            &["This is an example sentence", "Each sentence is converted", "Hello world"],
+            &EncodeOptions::default(),
+        )
+        .unwrap();
+    // Mean pooling + L2 norm, as sentence-transformers computes it. These are the
+    // values both this crate and the NumPy reference produce from the pinned weights
+    // (see README: the figures 0.6660/0.1046/0.1411 quoted in the project brief are
+    // not reproduced by any pooling of these weights; SciFact nDCG@10 0.6451 is).
+    let pairs = [(0, 1, 0.4046), (0, 2, 0.2040), (1, 2, 0.1296)];
+    for (i, j, want) in pairs {
+        let c = cos(&v[i], &v[j]);
+        assert!((c - want).abs() < 1e-4, "cos({i},{j}) = {c:.4}, expected {want}");
+    }
+}
+
+#[test]
+fn truncation_at_256_tokens_equals_truncating_the_text() {
+    let Some(b) = load() else { return };
+    let long = "protein ".repeat(400);
+    let short = "protein ".repeat(254); // 254 word tokens + [CLS] + [SEP] = 256
+    let v = b.embed(&[&long, &short], &EncodeOptions::default()).unwrap();
+    let d = v[0].iter().zip(&v[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(d < 1e-6, "truncated long text differs from its first 256 tokens by {d}");
+}
