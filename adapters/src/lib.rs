@@ -15,6 +15,7 @@
 //! | `format.rs` | reading and writing the native safetensors file |
 //! | `peft.rs` | converting Hugging Face PEFT LoRA folders |
 //! | `registry.rs` | named versions, atomic swap, on-disk store, LRU |
+//! | `testing.rs` | seeded random adapters for tests and fixtures |
 
 mod adapter;
 mod error;
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod peft;
 pub mod registry;
 pub mod spec;
+pub mod testing;
 
 pub use adapter::{Adapter, Bottleneck};
 pub use error::{AdapterError, Result};
