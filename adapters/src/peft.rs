@@ -40,6 +40,8 @@ struct PeftConfig {
     #[serde(default)]
     use_dora: bool,
     #[serde(default)]
+    lora_bias: bool,
+    #[serde(default)]
     modules_to_save: Option<serde_json::Value>,
 }
 
@@ -126,6 +128,9 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
     }
     if cfg.use_dora {
         return Err(err("use_dora is not supported"));
+    }
+    if cfg.lora_bias {
+        return Err(err("lora_bias is not supported (LoRA B with a bias)"));
     }
     if cfg.fan_in_fan_out {
         return Err(err("fan_in_fan_out is not supported (BERT linears are not Conv1D)"));
