@@ -1,0 +1,123 @@
+//! The `aside` command line, run as a real process: the `embed` contract, adapters,
+//! `adapter inspect` and `adapter convert`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use aside_adapters::testing::{random_adapter, test_metas};
+use aside_adapters::{format, Dims};
+use aside_backbone::testing::TinyBert;
+use aside_backbone::{Backbone, LoadOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aside");
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn tiny() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    TinyBert::default().write(d.path()).unwrap();
+    d
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn embed_keeps_order_and_ids() {
+    let m = tiny();
+    let model = m.path().to_str().unwrap();
+    let input = "{\"id\": \"b\", \"text\": \"hello world\"}\n\n{\"id\": 7, \"text\": \"\"}\n{\"id\": \"a\", \"text\": \"the cell\"}\n";
+    let out = run(&["embed", "--model", model, "--max-length", "64"], input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = lines(&out);
+    let ids: Vec<String> = v.iter().map(|l| l["id"].to_string()).collect();
+    assert_eq!(ids, ["\"b\"", "7", "\"a\""]);
+    assert_eq!(v[0]["embedding"].as_array().unwrap().len(), 32);
+}
+
+#[test]
+fn a_malformed_line_is_named_and_nothing_is_printed() {
+    let m = tiny();
+    let model = m.path().to_str().unwrap();
+    for (input, want) in [
+        ("{\"id\": \"a\", \"text\": \"ok\"}\n{\"id\": \"b\", \"text\": 3}\n", "input line 2"),
+        ("{\"id\": \"a\", \"text\": \"ok\"}\nnot json\n", "input line 2"),
+        ("{\"text\": \"no id\"}\n", "input line 1"),
+        ("{\"id\": [1], \"text\": \"x\"}\n", "input line 1: `id` must be a string or a number"),
+    ] {
+        let out = run(&["embed", "--model", model, "--max-length", "64"], input);
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "nothing printed for a bad input");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "`{err}` should name `{want}`");
+    }
+    let out = run(&["embed", "--model", "/nonexistent/model"], "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
+}
+
+#[test]
+fn embed_applies_an_adapter_and_inspect_describes_it() {
+    let m = tiny();
+    let model = m.path().to_str().unwrap();
+    let b = Backbone::load(m.path(), &LoadOptions::default()).unwrap();
+    let (_, meta) = test_metas(b.sha256()).into_iter().find(|(l, _)| *l == "iaa-l").unwrap();
+    let a = random_adapter(&meta, &Dims::of(&b), b.bert(), 5);
+    let path = m.path().join("a.safetensors");
+    std::fs::write(&path, format::write_adapter(&a).unwrap()).unwrap();
+    let input = "{\"id\": \"x\", \"text\": \"hello world\"}\n";
+    let bare = lines(&run(&["embed", "--model", model, "--max-length", "64"], input));
+    let out = run(
+        &["embed", "--model", model, "--max-length", "64", "--adapter", path.to_str().unwrap()],
+        input,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(lines(&out)[0]["embedding"], bare[0]["embedding"]);
+
+    let out = run(&["adapter", "inspect", path.to_str().unwrap(), "--model", model, "--json"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "iaa-l");
+    assert_eq!(v["r"], 6);
+    assert_eq!(v["ar"], 8);
+    assert_eq!(v["activation"], "gelu");
+    assert_eq!(v["params"], a.param_count());
+
+    std::fs::write(&path, b"not an adapter").unwrap();
+    let out = run(&["adapter", "inspect", path.to_str().unwrap(), "--model", model], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("header"));
+}
+
+#[test]
+fn convert_writes_a_native_file_from_a_peft_folder() {
+    let m = tiny();
+    let model = m.path().to_str().unwrap();
+    let peft = concat!(env!("CARGO_MANIFEST_DIR"), "/../adapters/tests/fixtures/peft/query-value");
+    let out_file = m.path().join("lora.safetensors");
+    let out = run(
+        &["adapter", "convert", "--peft", peft, "-o", out_file.to_str().unwrap(), "--model", model],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let input = "{\"id\": \"x\", \"text\": \"hello world\"}\n";
+    let a = lines(&run(&["embed", "--model", model, "--max-length", "64", "--adapter", peft], input));
+    let b = lines(&run(
+        &["embed", "--model", model, "--max-length", "64", "--adapter", out_file.to_str().unwrap()],
+        input,
+    ));
+    assert_eq!(a, b, "the folder and its native conversion embed alike");
+}
