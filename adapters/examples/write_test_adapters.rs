@@ -11,7 +11,10 @@ use aside_backbone::{Backbone, LoadOptions};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let (model, out) = (std::path::Path::new(&args[1]), std::path::Path::new(&args[2]));
+    let (model, out) = (
+        std::path::Path::new(&args[1]),
+        std::path::Path::new(&args[2]),
+    );
     if args.iter().any(|a| a == "--tiny") {
         aside_backbone::testing::TinyBert::default()
             .write(model)
@@ -22,7 +25,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     for (i, (label, meta)) in test_metas(b.sha256()).into_iter().enumerate() {
         let a = random_adapter(&meta, &dims, b.bert(), 100 + i as u64);
-        std::fs::write(out.join(format!("{label}.safetensors")), format::write_adapter(&a)?)?;
+        std::fs::write(
+            out.join(format!("{label}.safetensors")),
+            format::write_adapter(&a)?,
+        )?;
         println!("{label}: {} parameters", a.param_count());
     }
     Ok(())

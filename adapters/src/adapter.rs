@@ -31,15 +31,23 @@ impl Bottleneck {
         }
     }
 
-    /// `x`: `[..., d]`.
-    pub fn forward(&self, x: &Tensor, act: Activation) -> CResult<Tensor> {
+    /// `target + BN(x)`, for `x` and `target` `[..., d]`. Served through the fused
+    /// CPU kernels (the addition happens inside the up-projection's matmul); trainable
+    /// (variable) weights take the differentiable candle ops.
+    pub fn add_to(&self, target: &Tensor, x: &Tensor, act: Activation) -> CResult<Tensor> {
+        use aside_backbone::kernels;
+        let params = [&self.down_w, &self.down_b, &self.up_w, &self.up_b];
+        if kernels::usable(&[x, target]) && kernels::usable(&params) {
+            let z = kernels::linear(x, &self.down_w, &self.down_b, act.epilogue())?;
+            return kernels::add_linear(target, &z, &self.up_w, Some(&self.up_b), 1.0);
+        }
         let dims = x.dims().to_vec();
         let d = *dims.last().expect("rank >= 1");
         let x2 = x.reshape(((), d))?;
         let z = x2.matmul(&self.down_w.t()?)?.broadcast_add(&self.down_b)?;
         let z = act.apply(&z)?;
         let y = z.matmul(&self.up_w.t()?)?.broadcast_add(&self.up_b)?;
-        y.reshape(dims)
+        target.add(&y.reshape(target.dims())?)
     }
 }
 
@@ -70,7 +78,11 @@ impl Adapter {
     /// Checks named F32 tensors against the metadata and the backbone, then builds
     /// the adapter. The first fault (in name order: missing, then left over, then
     /// shape, then non-finite) rejects the whole set.
-    pub fn from_tensors(meta: Meta, tensors: BTreeMap<String, Tensor>, dims: &Dims) -> Result<Self> {
+    pub fn from_tensors(
+        meta: Meta,
+        tensors: BTreeMap<String, Tensor>,
+        dims: &Dims,
+    ) -> Result<Self> {
         if let Some(b) = &meta.backbone {
             if *b != dims.backbone_sha256 {
                 return Err(AdapterError::BackboneMismatch {
@@ -83,15 +95,17 @@ impl Adapter {
             if let Some(l) = layers.iter().find(|&&l| l >= dims.layers) {
                 return Err(crate::error::meta_err(
                     "lora_layers",
-                    format!("layer {l} does not exist (the backbone has {} layers)", dims.layers),
+                    format!(
+                        "layer {l} does not exist (the backbone has {} layers)",
+                        dims.layers
+                    ),
                 ));
             }
         }
         let want = expected(&meta, dims);
         for (name, shape) in &want {
-            let optional = meta.kind == Kind::Bitfit
-                && name.starts_with("bitfit.")
-                && !bitfit_required(name);
+            let optional =
+                meta.kind == Kind::Bitfit && name.starts_with("bitfit.") && !bitfit_required(name);
             if !tensors.contains_key(name) && !optional {
                 return Err(AdapterError::MissingTensor {
                     name: name.clone(),
@@ -179,8 +193,8 @@ impl Adapter {
                 bitfit.insert(target.to_owned(), v.clone());
             }
         }
-        let head = (meta.task == Task::Rerank)
-            .then(|| (t["head.weight"].clone(), t["head.bias"].clone()));
+        let head =
+            (meta.task == Task::Rerank).then(|| (t["head.weight"].clone(), t["head.bias"].clone()));
         let params = t.values().map(|x| x.elem_count()).sum();
         let lora_scale = meta.lora_scale();
         Adapter {
@@ -247,9 +261,7 @@ impl Adapter {
     pub fn head_scores(&self, pooled: &Tensor) -> CResult<Option<Tensor>> {
         match &self.head {
             None => Ok(None),
-            Some((w, b)) => Ok(Some(
-                pooled.matmul(&w.t()?)?.broadcast_add(b)?.squeeze(1)?,
-            )),
+            Some((w, b)) => Ok(Some(pooled.matmul(&w.t()?)?.broadcast_add(b)?.squeeze(1)?)),
         }
     }
 
@@ -260,7 +272,9 @@ impl Adapter {
         };
         let w = w.flatten_all()?.to_vec1::<f32>()?;
         let b = b.to_vec1::<f32>()?[0];
-        Ok(Some(w.iter().zip(pooled).map(|(a, x)| a * x).sum::<f32>() + b))
+        Ok(Some(
+            w.iter().zip(pooled).map(|(a, x)| a * x).sum::<f32>() + b,
+        ))
     }
 
     /// A fresh adapter of `meta.kind` initialised as method.md says: `D` ~ N(0, 0.02),
@@ -282,7 +296,8 @@ impl Adapter {
                     continue;
                 }
                 backbone_tensor(backbone, target)?
-            } else if name.ends_with("down.weight") || name.ends_with(".A") || name == "head.weight" {
+            } else if name.ends_with("down.weight") || name.ends_with(".A") || name == "head.weight"
+            {
                 rng.normals(n, 0.02, 0.0)
             } else {
                 vec![0.0; n]
@@ -309,13 +324,19 @@ fn leftover_reason(name: &str, meta: &Meta, dims: &Dims) -> String {
         if let Some(rest) = name.strip_prefix(p) {
             if let Some(l) = layer_of(rest) {
                 if l >= dims.layers {
-                    return format!("layer {l} does not exist (the backbone has {} layers)", dims.layers);
+                    return format!(
+                        "layer {l} does not exist (the backbone has {} layers)",
+                        dims.layers
+                    );
                 }
             }
         }
     }
     if name.starts_with("head.") {
-        return format!("a head belongs only to task rerank (this adapter's task is {})", meta.task);
+        return format!(
+            "a head belongs only to task rerank (this adapter's task is {})",
+            meta.task
+        );
     }
     if let Some(t) = name.strip_prefix("bitfit.") {
         return format!("`{t}` is not a bias or LayerNorm tensor of the backbone");
@@ -340,22 +361,34 @@ impl Hooks for Adapter {
         self.bitfit.get(name)
     }
 
-    fn linear(&self, layer: usize, site: Site, x: &Tensor) -> CResult<Option<Tensor>> {
+    fn linear(&self, layer: usize, site: Site, x: &Tensor, y: &Tensor) -> CResult<Option<Tensor>> {
+        use aside_backbone::kernels;
         let Some((a, b)) = self.lora.get(&(layer, site)) else {
             return Ok(None);
         };
+        if kernels::usable(&[x, y, a, b]) {
+            let z = x.broadcast_matmul(&a.t()?)?;
+            return Ok(Some(kernels::add_linear(
+                y,
+                &z,
+                b,
+                None,
+                self.lora_scale as f32,
+            )?));
+        }
         let dims = x.dims().to_vec();
-        let x2 = x.reshape(((), *dims.last().expect("rank 3")))?;
-        let y = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        let y = (y * self.lora_scale)?;
-        let mut out = dims;
-        *out.last_mut().expect("rank 3") = b.dim(0)?;
-        Ok(Some(y.reshape(out)?))
+        let x2 = x.reshape(((), *dims.last().expect("rank >= 1")))?;
+        let d = (x2.matmul(&a.t()?)?.matmul(&b.t()?)? * self.lora_scale)?;
+        Ok(Some(y.add(&d.reshape(y.dims())?)?))
     }
 
     fn inner(&self, layer: usize, sub: Sub, out: &Tensor) -> CResult<Option<Tensor>> {
         match self.inner.get(layer) {
-            Some(bn) => Ok(Some(bn[sub_index(sub)].forward(out, self.meta.activation)?)),
+            Some(bn) => Ok(Some(bn[sub_index(sub)].add_to(
+                out,
+                out,
+                self.meta.activation,
+            )?)),
             None => Ok(None),
         }
     }
@@ -366,18 +399,29 @@ impl Hooks for Adapter {
         sub: Sub,
         layer_input: &Tensor,
         sub_input: &Tensor,
+        normed: &Tensor,
     ) -> CResult<Option<Tensor>> {
         let act = self.meta.activation;
         match self.meta.kind {
-            Kind::IaaS => Ok(Some(self.aside_s[layer][sub_index(sub)].forward(sub_input, act)?)),
-            Kind::IaaL if sub == Sub::Ffn => Ok(Some(self.aside_l[layer].forward(layer_input, act)?)),
+            Kind::IaaS => Ok(Some(
+                self.aside_s[layer][sub_index(sub)].add_to(normed, sub_input, act)?,
+            )),
+            Kind::IaaL if sub == Sub::Ffn => Ok(Some(self.aside_l[layer].add_to(
+                normed,
+                layer_input,
+                act,
+            )?)),
             _ => Ok(None),
         }
     }
 
-    fn encoder(&self, embeddings: &Tensor) -> CResult<Option<Tensor>> {
+    fn encoder(&self, embeddings: &Tensor, encoded: &Tensor) -> CResult<Option<Tensor>> {
         match &self.aside_m {
-            Some(bn) => Ok(Some(bn.forward(embeddings, self.meta.activation)?)),
+            Some(bn) => Ok(Some(bn.add_to(
+                encoded,
+                embeddings,
+                self.meta.activation,
+            )?)),
             None => Ok(None),
         }
     }

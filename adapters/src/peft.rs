@@ -74,7 +74,11 @@ fn parse_key(key: &str) -> Result<(String, usize, Site, bool)> {
     let site = Site::ALL
         .into_iter()
         .find(|s| s.tensor_prefix(layer) == format!("encoder.layer.{layer}.{tail}"))
-        .ok_or_else(|| err(format!("tensor `{key}` targets `{tail}`, which is not a BERT linear")))?;
+        .ok_or_else(|| {
+            err(format!(
+                "tensor `{key}` targets `{tail}`, which is not a BERT linear"
+            ))
+        })?;
     Ok((module.to_owned(), layer, site, is_a))
 }
 
@@ -101,10 +105,13 @@ fn targeted(targets: Option<&serde_json::Value>, module: &str) -> Result<bool> {
                 .map_err(|e| err(format!("target_modules `{s}` is not a valid regex: {e}")))?;
             Ok(re.is_match(module))
         }
-        Some(serde_json::Value::Array(items)) => Ok(items.iter().filter_map(|v| v.as_str()).any(|t| {
-            module == t || module.ends_with(&format!(".{t}"))
-        })),
-        Some(other) => Err(err(format!("target_modules {other} is neither a list nor a string"))),
+        Some(serde_json::Value::Array(items)) => Ok(items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .any(|t| module == t || module.ends_with(&format!(".{t}")))),
+        Some(other) => Err(err(format!(
+            "target_modules {other} is neither a list nor a string"
+        ))),
     }
 }
 
@@ -133,7 +140,9 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
         return Err(err("lora_bias is not supported (LoRA B with a bias)"));
     }
     if cfg.fan_in_fan_out {
-        return Err(err("fan_in_fan_out is not supported (BERT linears are not Conv1D)"));
+        return Err(err(
+            "fan_in_fan_out is not supported (BERT linears are not Conv1D)",
+        ));
     }
     if let Some(b) = &cfg.bias {
         if b != "none" {
@@ -167,7 +176,9 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
             .or_insert((module, None, None));
         let slot = if is_a { &mut m.1 } else { &mut m.2 };
         if slot.is_some() {
-            return Err(err(format!("tensor `{key}` appears twice (with and without a prefix)")));
+            return Err(err(format!(
+                "tensor `{key}` appears twice (with and without a prefix)"
+            )));
         }
         *slot = Some(t);
     }
@@ -178,11 +189,21 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
         let allowed: Vec<usize> = match v {
             serde_json::Value::Null => (0..dims.layers).collect(),
             serde_json::Value::Number(n) => vec![n.as_u64().unwrap_or(u64::MAX) as usize],
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect(),
-            other => return Err(err(format!("layers_to_transform {other} is not a layer list"))),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as usize)
+                .collect(),
+            other => {
+                return Err(err(format!(
+                    "layers_to_transform {other} is not a layer list"
+                )))
+            }
         };
         if let Some(((l, _), _)) = modules.iter().find(|((l, _), _)| !allowed.contains(l)) {
-            return Err(err(format!("layer {l} has LoRA weights but is not in layers_to_transform")));
+            return Err(err(format!(
+                "layer {l} has LoRA weights but is not in layers_to_transform"
+            )));
         }
     }
 
@@ -217,7 +238,16 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
         } else {
             alpha / rank as f64
         };
-        found.insert((l, s), Found { a, b, rank, alpha, scale });
+        found.insert(
+            (l, s),
+            Found {
+                a,
+                b,
+                rank,
+                alpha,
+                scale,
+            },
+        );
     }
 
     let first = found.values().next().expect("non-empty");
@@ -251,7 +281,11 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
             let (inp, out) = dims.linear_dims(site);
             let (a, b) = match found.get(&(l, s)) {
                 Some(f) => {
-                    let b = if uniform { f.b.clone() } else { (&f.b * f.scale)? };
+                    let b = if uniform {
+                        f.b.clone()
+                    } else {
+                        (&f.b * f.scale)?
+                    };
                     let pad = r_max - f.rank;
                     if pad == 0 {
                         (f.a.clone(), b)

@@ -122,7 +122,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -221,7 +223,9 @@ impl Registry {
                     names.insert(name, state);
                 }
                 Ok(None) => {}
-                Err(err) => reg.warnings.push(format!("adapter `{name}` skipped: {err}")),
+                Err(err) => reg
+                    .warnings
+                    .push(format!("adapter `{name}` skipped: {err}")),
             }
         }
         *reg.names.get_mut() = names;
@@ -236,7 +240,10 @@ impl Registry {
             Err(e) => return Err(io_err(&cur_path)(e)),
         };
         let mut versions = BTreeMap::new();
-        for e in std::fs::read_dir(dir).map_err(io_err(dir))?.filter_map(|e| e.ok()) {
+        for e in std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+        {
             let file = e.file_name().to_string_lossy().into_owned();
             if file.ends_with(".tmp") {
                 let _ = std::fs::remove_file(e.path());
@@ -254,7 +261,10 @@ impl Registry {
             }
             match read_adapter(&bytes, &self.dims, self.opts.max_file_bytes) {
                 Ok(a) => {
-                    versions.insert(version.to_owned(), self.info(name, version, &a, bytes.len()));
+                    versions.insert(
+                        version.to_owned(),
+                        self.info(name, version, &a, bytes.len()),
+                    );
                 }
                 Err(err) => self
                     .warnings
@@ -280,7 +290,8 @@ impl Registry {
             ar: m.ar,
             activation: m.activation.name().to_owned(),
             params: a.param_count(),
-            params_percent: 100.0 * a.param_count() as f64 / self.dims.backbone_params.max(1) as f64,
+            params_percent: 100.0 * a.param_count() as f64
+                / self.dims.backbone_params.max(1) as f64,
             size_bytes: size as u64,
         }
     }

@@ -138,6 +138,17 @@ impl Activation {
         }
     }
 
+    /// The fused-kernel form of this activation.
+    pub fn epilogue(self) -> aside_backbone::kernels::Epilogue {
+        use aside_backbone::kernels::Epilogue;
+        match self {
+            Activation::Relu => Epilogue::Relu,
+            Activation::Gelu => Epilogue::Gelu,
+            Activation::Swish => Epilogue::Swish,
+            Activation::Tanh => Epilogue::Tanh,
+        }
+    }
+
     pub fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         match self {
             Activation::Relu => x.relu(),
@@ -156,7 +167,9 @@ impl std::str::FromStr for Activation {
             "gelu" => Ok(Activation::Gelu),
             "swish" | "silu" => Ok(Activation::Swish),
             "tanh" => Ok(Activation::Tanh),
-            _ => Err(format!("unknown activation `{s}` (expected relu, gelu, swish or tanh)")),
+            _ => Err(format!(
+                "unknown activation `{s}` (expected relu, gelu, swish or tanh)"
+            )),
         }
     }
 }
@@ -221,7 +234,12 @@ impl Meta {
         let require = |k: &str| get(k).ok_or_else(|| meta_err(k, "required key is missing"));
         match require("format")? {
             FORMAT => {}
-            other => return Err(meta_err("format", format!("is `{other}`, expected `{FORMAT}`"))),
+            other => {
+                return Err(meta_err(
+                    "format",
+                    format!("is `{other}`, expected `{FORMAT}`"),
+                ))
+            }
         }
         match require("format_version")? {
             FORMAT_VERSION => {}
@@ -232,7 +250,9 @@ impl Meta {
                 ))
             }
         }
-        let kind: Kind = require("kind")?.parse().map_err(|e: String| meta_err("kind", e))?;
+        let kind: Kind = require("kind")?
+            .parse()
+            .map_err(|e: String| meta_err("kind", e))?;
         let task: Task = match get("task") {
             Some(s) => s.parse().map_err(|e: String| meta_err("task", e))?,
             None => return Err(meta_err("task", "required key is missing")),
@@ -242,7 +262,10 @@ impl Meta {
                 None => Ok(None),
                 Some(s) => match s.parse::<usize>() {
                     Ok(v) if v > 0 && s.chars().all(|c| c.is_ascii_digit()) => Ok(Some(v)),
-                    _ => Err(meta_err(k, format!("`{s}` is not a positive decimal integer"))),
+                    _ => Err(meta_err(
+                        k,
+                        format!("`{s}` is not a positive decimal integer"),
+                    )),
                 },
             }
         };
@@ -295,11 +318,14 @@ impl Meta {
             if let Some(s) = get("lora_layers") {
                 let mut layers = Vec::new();
                 for p in s.split(',').map(str::trim) {
-                    let l: usize = p
-                        .parse()
-                        .map_err(|_| meta_err("lora_layers", format!("`{p}` is not a layer index")))?;
+                    let l: usize = p.parse().map_err(|_| {
+                        meta_err("lora_layers", format!("`{p}` is not a layer index"))
+                    })?;
                     if layers.contains(&l) {
-                        return Err(meta_err("lora_layers", format!("layer {l} is listed twice")));
+                        return Err(meta_err(
+                            "lora_layers",
+                            format!("layer {l} is listed twice"),
+                        ));
                     }
                     layers.push(l);
                 }
@@ -313,7 +339,10 @@ impl Meta {
         meta.normalize = parse_bool(m, "normalize")?;
         if let Some(b) = get("backbone") {
             if b.len() != 64 || !b.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(meta_err("backbone", format!("`{b}` is not a sha256 hex digest")));
+                return Err(meta_err(
+                    "backbone",
+                    format!("`{b}` is not a sha256 hex digest"),
+                ));
             }
             meta.backbone = Some(b.to_ascii_lowercase());
         }
@@ -338,7 +367,10 @@ impl Meta {
         }
         put("activation", self.activation.name().into());
         if self.kind == Kind::Lora {
-            put("lora_alpha", format_f64(self.lora_alpha.unwrap_or(self.r.unwrap_or(1) as f64)));
+            put(
+                "lora_alpha",
+                format_f64(self.lora_alpha.unwrap_or(self.r.unwrap_or(1) as f64)),
+            );
             let t: Vec<&str> = self.lora_targets.iter().map(|s| s.name()).collect();
             put("lora_targets", t.join(","));
             if let Some(layers) = &self.lora_layers {

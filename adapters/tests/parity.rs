@@ -43,9 +43,21 @@ fn check_set(b: &Backbone, set: &str, inputs: &str, pairs: &str) {
                 .iter()
                 .map(|x| x.as_f64().unwrap() as f32)
                 .collect();
-            assert!(cos(g, &w) >= 0.9999, "{set}/{label} {}: cosine {}", w.len(), cos(g, &w));
-            assert!(max_abs(g, &w) <= 1e-4, "{set}/{label}: max abs diff {}", max_abs(g, &w));
-            assert!(max_abs(g, base) > 1e-3, "{set}/{label}: the adapter changed nothing");
+            assert!(
+                cos(g, &w) >= 0.9999,
+                "{set}/{label} {}: cosine {}",
+                w.len(),
+                cos(g, &w)
+            );
+            assert!(
+                max_abs(g, &w) <= 1e-4,
+                "{set}/{label}: max abs diff {}",
+                max_abs(g, &w)
+            );
+            assert!(
+                max_abs(g, base) > 1e-3,
+                "{set}/{label}: the adapter changed nothing"
+            );
         }
     }
 }
@@ -63,12 +75,17 @@ fn every_kind_matches_the_reference_on_the_tiny_model() {
 
 #[test]
 fn every_kind_matches_the_reference_on_the_real_model() {
-    let Some(dir) = real_model(env!("CARGO_MANIFEST_DIR")) else { return };
+    let Some(dir) = real_model(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
     let b = Backbone::load(&dir, &LoadOptions::default()).unwrap();
     check_set(
         &b,
         "minilm",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../backbone/tests/fixtures/minilm_inputs.jsonl"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../backbone/tests/fixtures/minilm_inputs.jsonl"
+        ),
         &format!("{FX}/minilm_pairs.jsonl"),
     );
 }
@@ -82,11 +99,16 @@ fn fresh_adapters_with_zero_up_projections_are_the_identity() {
         if meta.task == Task::Rerank || meta.pooling.is_some() {
             continue;
         }
-        let t = Adapter::init_tensors(&meta, &dims(&b), b.bert(), 1, &b.bert().device().clone()).unwrap();
+        let t = Adapter::init_tensors(&meta, &dims(&b), b.bert(), 1, &b.bert().device().clone())
+            .unwrap();
         let a = Adapter::from_tensors(meta, t, &dims(&b)).unwrap();
         let got = embed(&b, Some(&a), &texts);
         for (g, w) in got.iter().zip(&bare) {
-            assert!(max_abs(g, w) < 1e-6, "{label}: fresh adapter changed the output by {}", max_abs(g, w));
+            assert!(
+                max_abs(g, w) < 1e-6,
+                "{label}: fresh adapter changed the output by {}",
+                max_abs(g, w)
+            );
         }
     }
 }
@@ -94,7 +116,12 @@ fn fresh_adapters_with_zero_up_projections_are_the_identity() {
 #[test]
 fn a_batch_mixing_adapters_equals_each_adapter_alone() {
     let (_d, b) = tiny();
-    let texts = ["the cell is a protein", "hello world", "gene cancer", "a b c"];
+    let texts = [
+        "the cell is a protein",
+        "hello world",
+        "gene cancer",
+        "a b c",
+    ];
     let adapters: Vec<Adapter> = test_metas(b.sha256())
         .into_iter()
         .filter(|(_, m)| m.task == Task::Retrieval)
@@ -118,7 +145,13 @@ fn a_batch_mixing_adapters_equals_each_adapter_alone() {
         expect.push(embed(&b, a, &[t]).remove(0));
     }
     let got = b
-        .encode(&items, &aside_backbone::EncodeOptions { max_length: 64, batch_size: 24 })
+        .encode(
+            &items,
+            &aside_backbone::EncodeOptions {
+                max_length: 64,
+                batch_size: 24,
+            },
+        )
         .unwrap();
     for (r, (g, w)) in got.iter().zip(&expect).enumerate() {
         assert!(max_abs(g, w) < 1e-5, "row {r} differs by {}", max_abs(g, w));

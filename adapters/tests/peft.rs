@@ -13,19 +13,33 @@ fn peft_folders_match_peft_embeddings() {
     let (_d, b) = tiny();
     let inputs = read_jsonl(&format!("{FX}/tiny_inputs.jsonl"));
     let texts: Vec<&str> = inputs.iter().map(|v| v["text"].as_str().unwrap()).collect();
-    for case in ["query-value", "all-linear-rslora-layer1", "rank-alpha-patterns"] {
+    for case in [
+        "query-value",
+        "all-linear-rslora-layer1",
+        "rank-alpha-patterns",
+    ] {
         let dir = format!("{FX}/peft/{case}");
         let a = peft::convert_dir(std::path::Path::new(&dir), &dims(&b))
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         // The native form it converts to computes the same.
-        let native = format::read_adapter(&format::write_adapter(&a).unwrap(), &dims(&b), u64::MAX).unwrap();
+        let native =
+            format::read_adapter(&format::write_adapter(&a).unwrap(), &dims(&b), u64::MAX).unwrap();
         let want = read_jsonl(&format!("{dir}/embeddings.jsonl"));
         for adapter in [&a, &native] {
             let got = embed(&b, Some(adapter), &texts);
             for (g, w) in got.iter().zip(&want) {
-                let w: Vec<f32> = w["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                let w: Vec<f32> = w["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect();
                 assert!(cos(g, &w) >= 0.9999, "{case}: cosine {}", cos(g, &w));
-                assert!(max_abs(g, &w) <= 1e-4, "{case}: max abs diff {}", max_abs(g, &w));
+                assert!(
+                    max_abs(g, &w) <= 1e-4,
+                    "{case}: max abs diff {}",
+                    max_abs(g, &w)
+                );
             }
         }
     }
@@ -34,12 +48,24 @@ fn peft_folders_match_peft_embeddings() {
 #[test]
 fn peft_rank_pattern_is_padded_to_one_rank() {
     let (_d, b) = tiny();
-    let a = peft::convert_dir(std::path::Path::new(&format!("{FX}/peft/rank-alpha-patterns")), &dims(&b)).unwrap();
+    let a = peft::convert_dir(
+        std::path::Path::new(&format!("{FX}/peft/rank-alpha-patterns")),
+        &dims(&b),
+    )
+    .unwrap();
     assert_eq!(a.meta().r, Some(6), "largest rank of the pattern");
-    let a = peft::convert_dir(std::path::Path::new(&format!("{FX}/peft/all-linear-rslora-layer1")), &dims(&b)).unwrap();
+    let a = peft::convert_dir(
+        std::path::Path::new(&format!("{FX}/peft/all-linear-rslora-layer1")),
+        &dims(&b),
+    )
+    .unwrap();
     assert_eq!(a.meta().lora_layers, Some(vec![1]));
     assert!(a.meta().lora_rslora);
-    assert_eq!(a.meta().lora_targets.len(), 6, "`dense` reaches attn_out, inter and out");
+    assert_eq!(
+        a.meta().lora_targets.len(),
+        6,
+        "`dense` reaches attn_out, inter and out"
+    );
 }
 
 fn config_with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -54,17 +80,27 @@ fn config_with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
 #[test]
 fn unsupported_peft_settings_are_refused_by_name() {
     let (_d, b) = tiny();
-    let weights = std::fs::read(format!("{FX}/peft/query-value/adapter_model.safetensors")).unwrap();
+    let weights =
+        std::fs::read(format!("{FX}/peft/query-value/adapter_model.safetensors")).unwrap();
     let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
         (Box::new(|c| c["bias"] = "all".into()), "bias `all`"),
         (Box::new(|c| c["use_dora"] = true.into()), "use_dora"),
-        (Box::new(|c| c["peft_type"] = "IA3".into()), "peft_type `IA3`"),
-        (Box::new(|c| c["target_modules"] = serde_json::json!(["key"])), "target_modules does not name it"),
+        (
+            Box::new(|c| c["peft_type"] = "IA3".into()),
+            "peft_type `IA3`",
+        ),
+        (
+            Box::new(|c| c["target_modules"] = serde_json::json!(["key"])),
+            "target_modules does not name it",
+        ),
         (Box::new(|c| c["r"] = 8.into()), "expected [8, 32]"),
     ];
     for (edit, want) in cases {
         let err = peft::convert(&config_with(edit), &weights, &dims(&b)).unwrap_err();
         assert!(matches!(err, AdapterError::Peft(_)), "{err}");
-        assert!(err.to_string().contains(want), "`{err}` should mention {want}");
+        assert!(
+            err.to_string().contains(want),
+            "`{err}` should mention {want}"
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use aside_adapters::testing::random_adapter;
-use aside_adapters::{format, AdapterError, Kind, Meta, PutOutcome, Registry, RegistryOptions, Task};
+use aside_adapters::{
+    format, AdapterError, Kind, Meta, PutOutcome, Registry, RegistryOptions, Task,
+};
 use common::*;
 
 fn file(b: &aside_backbone::Backbone, seed: u64) -> Vec<u8> {
@@ -40,11 +42,17 @@ fn versions_swap_persist_and_delete() {
         assert!(matches!(first, PutOutcome::Created(_)));
         assert_eq!(first.info().kind, "iaa-l");
         assert!(first.info().params_percent > 0.0);
-        assert!(matches!(reg.put("scifact", &v1).unwrap(), PutOutcome::Unchanged(_)));
+        assert!(matches!(
+            reg.put("scifact", &v1).unwrap(),
+            PutOutcome::Unchanged(_)
+        ));
         let second = reg.put("scifact", &v2).unwrap();
         assert!(matches!(second, PutOutcome::Created(_)));
         assert_ne!(first.info().version, second.info().version);
-        assert_eq!(reg.current_info("scifact").unwrap().version, second.info().version);
+        assert_eq!(
+            reg.current_info("scifact").unwrap().version,
+            second.info().version
+        );
         assert_eq!(reg.versions("scifact").unwrap().len(), 2);
         reg.put("other", &v1).unwrap();
         // A pinned old version stays reachable for collections not yet re-embedded.
@@ -57,7 +65,10 @@ fn versions_swap_persist_and_delete() {
     let (info, a) = reg.get("scifact").unwrap();
     assert_eq!(info.version, aside_adapters::registry::sha256_hex(&v2));
     let from_file = format::read_adapter(&v2, &dims(&b), u64::MAX).unwrap();
-    assert_eq!(embed(&b, Some(&a), &["hello"]), embed(&b, Some(&from_file), &["hello"]));
+    assert_eq!(
+        embed(&b, Some(&a), &["hello"]),
+        embed(&b, Some(&from_file), &["hello"])
+    );
     reg.delete("scifact").unwrap();
     assert!(matches!(reg.get("scifact"), Err(AdapterError::NotFound(_))));
     drop(reg);
@@ -73,7 +84,10 @@ fn a_corrupt_version_on_disk_is_reported_and_skipped() {
         let reg = open(store.path(), &b, 1 << 30);
         reg.put("good", &file(&b, 1)).unwrap();
         let info = reg.put("bad", &file(&b, 2)).unwrap().info().clone();
-        let path = store.path().join("bad").join(format!("{}.safetensors", info.version));
+        let path = store
+            .path()
+            .join("bad")
+            .join(format!("{}.safetensors", info.version));
         let mut bytes = std::fs::read(&path).unwrap();
         let n = bytes.len();
         bytes[n - 1] ^= 0xff;
@@ -81,14 +95,22 @@ fn a_corrupt_version_on_disk_is_reported_and_skipped() {
     }
     let reg = open(store.path(), &b, 1 << 30);
     assert_eq!(reg.list().len(), 1);
-    assert!(reg.warnings().iter().any(|w| w.contains("does not match its sha256")), "{:?}", reg.warnings());
+    assert!(
+        reg.warnings()
+            .iter()
+            .any(|w| w.contains("does not match its sha256")),
+        "{:?}",
+        reg.warnings()
+    );
 }
 
 #[test]
 fn lru_evicts_under_the_budget_and_reloads_on_use() {
     let (_d, b) = tiny();
     let store = tempfile::tempdir().unwrap();
-    let one = format::read_adapter(&file(&b, 1), &dims(&b), u64::MAX).unwrap().size_bytes();
+    let one = format::read_adapter(&file(&b, 1), &dims(&b), u64::MAX)
+        .unwrap()
+        .size_bytes();
     let reg = open(store.path(), &b, one * 2);
     for i in 0..4 {
         reg.put(&format!("t{i}"), &file(&b, i)).unwrap();
@@ -101,7 +123,11 @@ fn lru_evicts_under_the_budget_and_reloads_on_use() {
     assert_eq!(reg.stats().hits, 1);
     reg.get("t0").unwrap();
     let s = reg.stats();
-    assert_eq!((s.misses, s.loads), (1, 1), "an evicted adapter is reloaded from disk");
+    assert_eq!(
+        (s.misses, s.loads),
+        (1, 1),
+        "an evicted adapter is reloaded from disk"
+    );
 }
 
 #[test]
@@ -124,8 +150,13 @@ fn a_swap_under_concurrent_use_loses_nothing_and_mixes_no_versions() {
     let served = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (b, reg, stop, served, expected) =
-                (b.clone(), reg.clone(), stop.clone(), served.clone(), expected.clone());
+            let (b, reg, stop, served, expected) = (
+                b.clone(),
+                reg.clone(),
+                stop.clone(),
+                served.clone(),
+                expected.clone(),
+            );
             std::thread::spawn(move || {
                 let mut seen = [false; 2];
                 while !stop.load(Ordering::Relaxed) {
@@ -148,5 +179,8 @@ fn a_swap_under_concurrent_use_loses_nothing_and_mixes_no_versions() {
     stop.store(true, Ordering::Relaxed);
     let seen: Vec<[bool; 2]> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     assert!(served.load(Ordering::Relaxed) > 0);
-    assert!(seen.iter().any(|s| s[0]) && seen.iter().any(|s| s[1]), "both versions were served");
+    assert!(
+        seen.iter().any(|s| s[0]) && seen.iter().any(|s| s[1]),
+        "both versions were served"
+    );
 }

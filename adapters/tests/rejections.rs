@@ -42,22 +42,46 @@ fn tensor_faults_are_named() {
     refuse(&b, &bytes(&meta, &x), "missing tensor `aside.1.up.bias`");
 
     let mut x = t.clone();
-    x.insert("aside.7.up.bias".into(), Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap());
-    refuse(&b, &bytes(&meta, &x), "unexpected tensor `aside.7.up.bias`: layer 7 does not exist");
+    x.insert(
+        "aside.7.up.bias".into(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
+    refuse(
+        &b,
+        &bytes(&meta, &x),
+        "unexpected tensor `aside.7.up.bias`: layer 7 does not exist",
+    );
 
     let mut x = t.clone();
-    x.insert("head.weight".into(), Tensor::zeros((1, 32), DType::F32, &Device::Cpu).unwrap());
+    x.insert(
+        "head.weight".into(),
+        Tensor::zeros((1, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
     refuse(&b, &bytes(&meta, &x), "a head belongs only to task rerank");
 
     let mut x = t.clone();
-    x.insert("inner.0.attn.down.weight".into(), Tensor::zeros((4, 31), DType::F32, &Device::Cpu).unwrap());
-    refuse(&b, &bytes(&meta, &x), "tensor `inner.0.attn.down.weight` has shape [4, 31], expected [4, 32]");
+    x.insert(
+        "inner.0.attn.down.weight".into(),
+        Tensor::zeros((4, 31), DType::F32, &Device::Cpu).unwrap(),
+    );
+    refuse(
+        &b,
+        &bytes(&meta, &x),
+        "tensor `inner.0.attn.down.weight` has shape [4, 31], expected [4, 32]",
+    );
 
     let mut x = t.clone();
     let mut v3 = vec![0.1f32; 3];
     v3[2] = f32::INFINITY;
-    x.insert("aside.0.down.bias".into(), Tensor::from_vec(v3, 3, &Device::Cpu).unwrap());
-    refuse(&b, &bytes(&meta, &x), "tensor `aside.0.down.bias` is not finite: element 2 is inf");
+    x.insert(
+        "aside.0.down.bias".into(),
+        Tensor::from_vec(v3, 3, &Device::Cpu).unwrap(),
+    );
+    refuse(
+        &b,
+        &bytes(&meta, &x),
+        "tensor `aside.0.down.bias` is not finite: element 2 is inf",
+    );
 }
 
 #[test]
@@ -72,23 +96,71 @@ fn metadata_faults_are_named() {
         };
         bytes(&m, &t)
     };
-    refuse(&b, &with("kind", Some("prefix-tuning")), "unknown kind `prefix-tuning`");
-    refuse(&b, &with("format", None), "metadata `format`: required key is missing");
-    refuse(&b, &with("format_version", Some("2")), "this server reads version 1");
-    refuse(&b, &with("task", Some("classify")), "unknown task `classify`");
-    refuse(&b, &with("activation", Some("softplus")), "unknown activation `softplus`");
-    refuse(&b, &with("r", Some("0")), "metadata `r`: `0` is not a positive decimal integer");
+    refuse(
+        &b,
+        &with("kind", Some("prefix-tuning")),
+        "unknown kind `prefix-tuning`",
+    );
+    refuse(
+        &b,
+        &with("format", None),
+        "metadata `format`: required key is missing",
+    );
+    refuse(
+        &b,
+        &with("format_version", Some("2")),
+        "this server reads version 1",
+    );
+    refuse(
+        &b,
+        &with("task", Some("classify")),
+        "unknown task `classify`",
+    );
+    refuse(
+        &b,
+        &with("activation", Some("softplus")),
+        "unknown activation `softplus`",
+    );
+    refuse(
+        &b,
+        &with("r", Some("0")),
+        "metadata `r`: `0` is not a positive decimal integer",
+    );
     // Ranks that contradict the tensors.
-    refuse(&b, &with("r", Some("5")), "tensor `inner.0.attn.down.bias` has shape [4], expected [5]");
-    refuse(&b, &with("ar", None), "metadata `ar`: required for kind iaa-l");
-    refuse(&b, &with("lora_alpha", Some("4")), "metadata `lora_alpha`: does not apply to kind iaa-l");
-    refuse(&b, &with("normalize", Some("yes")), "`yes` is not `true` or `false`");
+    refuse(
+        &b,
+        &with("r", Some("5")),
+        "tensor `inner.0.attn.down.bias` has shape [4], expected [5]",
+    );
+    refuse(
+        &b,
+        &with("ar", None),
+        "metadata `ar`: required for kind iaa-l",
+    );
+    refuse(
+        &b,
+        &with("lora_alpha", Some("4")),
+        "metadata `lora_alpha`: does not apply to kind iaa-l",
+    );
+    refuse(
+        &b,
+        &with("normalize", Some("yes")),
+        "`yes` is not `true` or `false`",
+    );
     // A file made for another backbone.
-    refuse(&b, &with("backbone", Some(&"ab".repeat(32))), "adapter was trained on backbone abab");
+    refuse(
+        &b,
+        &with("backbone", Some(&"ab".repeat(32))),
+        "adapter was trained on backbone abab",
+    );
     // A houlsby file that claims an aside rank.
     let mut m = meta.clone();
     m.insert("kind".into(), "houlsby".into());
-    refuse(&b, &bytes(&m, &t), "metadata `ar`: does not apply to kind houlsby");
+    refuse(
+        &b,
+        &bytes(&m, &t),
+        "metadata `ar`: does not apply to kind houlsby",
+    );
 }
 
 #[test]
@@ -98,11 +170,22 @@ fn a_file_for_a_wider_backbone_does_not_fit() {
     let wide: BTreeMap<String, Tensor> = t
         .iter()
         .map(|(k, v)| {
-            let dims: Vec<usize> = v.dims().iter().map(|&x| if x == 32 { 384 } else { x }).collect();
-            (k.clone(), Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap())
+            let dims: Vec<usize> = v
+                .dims()
+                .iter()
+                .map(|&x| if x == 32 { 384 } else { x })
+                .collect();
+            (
+                k.clone(),
+                Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap(),
+            )
         })
         .collect();
-    refuse(&b, &bytes(&meta, &wide), "the loaded backbone's hidden size is 32");
+    refuse(
+        &b,
+        &bytes(&meta, &wide),
+        "the loaded backbone's hidden size is 32",
+    );
 }
 
 #[test]
@@ -112,11 +195,17 @@ fn container_faults_are_named() {
     let good = bytes(&meta, &t);
     refuse(&b, &good[..5], "file is truncated: 5 bytes");
     refuse(&b, &good[..200], "the header claims");
-    refuse(&b, &good[..good.len() - 4], "do not end where the file ends");
+    refuse(
+        &b,
+        &good[..good.len() - 4],
+        "do not end where the file ends",
+    );
     let mut extra = good.clone();
     extra.extend_from_slice(&[0, 0, 0, 0]);
     refuse(&b, &extra, "do not end where the file ends");
-    let err = format::read_adapter(&good, &dims(&b), 100).unwrap_err().to_string();
+    let err = format::read_adapter(&good, &dims(&b), 100)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("file is too large"), "{err}");
     // A header that lies about a tensor's offsets.
     let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
@@ -127,23 +216,38 @@ fn container_faults_are_named() {
     bad.extend_from_slice(lied.as_bytes());
     bad.extend_from_slice(&good[8 + n..]);
     refuse(&b, &bad, "offsets");
-    refuse(&b, b"\x02\x00\x00\x00\x00\x00\x00\x00[]", "not a valid safetensors file");
+    refuse(
+        &b,
+        b"\x02\x00\x00\x00\x00\x00\x00\x00[]",
+        "not a valid safetensors file",
+    );
     // Integer tensors are not accepted.
     let mut x = t.clone();
-    x.insert("aside.0.down.bias".into(), Tensor::zeros(3, DType::I64, &Device::Cpu).unwrap());
+    x.insert(
+        "aside.0.down.bias".into(),
+        Tensor::zeros(3, DType::I64, &Device::Cpu).unwrap(),
+    );
     let mut raw: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
     for (k, v) in &x {
         let (bytes, dt) = if v.dtype() == DType::I64 {
             (vec![0u8; 24], safetensors::Dtype::I64)
         } else {
             let f = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (f.iter().flat_map(|x| x.to_le_bytes()).collect(), safetensors::Dtype::F32)
+            (
+                f.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                safetensors::Dtype::F32,
+            )
         };
         raw.push((k.clone(), bytes, v.dims().to_vec(), dt));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = raw
         .iter()
-        .map(|(k, b, s, dt)| (k.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
+        .map(|(k, b, s, dt)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let m: std::collections::HashMap<String, String> = meta.clone().into_iter().collect();
     let file = safetensors::serialize(views, Some(m)).unwrap();
@@ -157,12 +261,28 @@ fn half_precision_files_are_converted() {
     let a32 = format::read_adapter(&bytes(&meta, &t), &dims(&b), 1 << 20).unwrap();
     let mut raw = Vec::new();
     for (k, v) in &t {
-        let h = v.to_dtype(DType::BF16).unwrap().flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
-        raw.push((k.clone(), h.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), v.dims().to_vec()));
+        let h = v
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<half::bf16>()
+            .unwrap();
+        raw.push((
+            k.clone(),
+            h.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+            v.dims().to_vec(),
+        ));
     }
     let views: Vec<_> = raw
         .iter()
-        .map(|(k, b, s)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap()))
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
     let m: std::collections::HashMap<String, String> = meta.into_iter().collect();
     let file = safetensors::serialize(views, Some(m)).unwrap();
@@ -190,7 +310,10 @@ fn a_refused_upload_leaves_the_registry_unchanged() {
     for bad in [bytes(&meta, &x), b"garbage".to_vec(), Vec::new()] {
         assert!(reg.put("task-a", &bad).is_err());
     }
-    assert!(reg.put("../escape", &bytes(&meta, &t)).is_err(), "bad names are refused");
+    assert!(
+        reg.put("../escape", &bytes(&meta, &t)).is_err(),
+        "bad names are refused"
+    );
     assert_eq!(reg.current_info("task-a").unwrap(), first);
     assert_eq!(reg.list().len(), 1);
     assert_eq!(listing(store.path()), before, "nothing written on disk");
@@ -203,7 +326,10 @@ fn walk(p: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         if e.path().is_dir() {
             out.extend(walk(&e.path()));
         } else {
-            out.push((e.path().display().to_string(), std::fs::read(e.path()).unwrap()));
+            out.push((
+                e.path().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            ));
         }
     }
     out

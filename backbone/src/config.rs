@@ -123,7 +123,9 @@ impl std::str::FromStr for Pooling {
         match s {
             "cls" => Ok(Pooling::Cls),
             "mean" => Ok(Pooling::Mean),
-            other => Err(format!("unknown pooling `{other}` (expected `cls` or `mean`)")),
+            other => Err(format!(
+                "unknown pooling `{other}` (expected `cls` or `mean`)"
+            )),
         }
     }
 }

@@ -77,10 +77,11 @@ impl Site {
     }
 }
 
-/// What an adapter may contribute to the forward. Every method defaults to "nothing",
-/// so a kind implements only its own points. Inputs are the rows of one group,
-/// shaped `[rows, tokens, width]`; a returned tensor has the shape of the output it
-/// is added to.
+/// What an adapter may contribute to the forward. Every method defaults to "nothing"
+/// (`None`), so a kind implements only its own points. Each method gets the `target`
+/// the contribution is added to and returns `target + contribution`, so an
+/// implementation can fuse the addition into its last matmul. Inputs are the rows of
+/// one group, shaped `[rows, tokens, width]` like the target.
 pub trait Hooks: Send + Sync {
     /// A replacement for a backbone bias or LayerNorm tensor, by its name without
     /// the `bert.` prefix (e.g. `encoder.layer.0.attention.self.query.bias`).
@@ -88,31 +89,39 @@ pub trait Hooks: Send + Sync {
         None
     }
 
-    /// An extra term for `x Wᵀ` of a linear (LoRA): `x` is the linear's input.
-    fn linear(&self, _layer: usize, _site: Site, _x: &Tensor) -> Result<Option<Tensor>> {
+    /// `y + Δ(x)` for a linear `y = x Wᵀ + b` (LoRA): `x` is the linear's input.
+    fn linear(
+        &self,
+        _layer: usize,
+        _site: Site,
+        _x: &Tensor,
+        _y: &Tensor,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
-    /// Added to a sub-layer's output before its residual (inner adapters).
+    /// `out + A(out)` for a sub-layer's output before its residual (inner adapters).
     fn inner(&self, _layer: usize, _sub: Sub, _out: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
-    /// Added after the sub-layer's LayerNorm (aside modules). `layer_input` is the
-    /// layer's input `h_{l-1}`; `sub_input` is the sub-layer's input (`h` for the
-    /// attention block, `u` for the feed-forward block).
+    /// `normed + B(...)` after the sub-layer's LayerNorm (aside modules). `layer_input`
+    /// is the layer's input `h_{l-1}`; `sub_input` is the sub-layer's input (`h` for
+    /// the attention block, `u` for the feed-forward block); `normed` is the
+    /// LayerNorm's output.
     fn aside(
         &self,
         _layer: usize,
         _sub: Sub,
         _layer_input: &Tensor,
         _sub_input: &Tensor,
+        _normed: &Tensor,
     ) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
-    /// Added to the encoder's output, from the embedding output `E` (IAA-M).
-    fn encoder(&self, _embeddings: &Tensor) -> Result<Option<Tensor>> {
+    /// `encoded + B(E)` for the encoder's output, from the embedding output `E` (IAA-M).
+    fn encoder(&self, _embeddings: &Tensor, _encoded: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
 }
@@ -133,38 +142,34 @@ impl std::fmt::Debug for Group<'_> {
     }
 }
 
-/// Adds each group's contribution to its own rows of `x` (`[batch, ...]`).
-/// `f` gets the group's hooks and rows and returns the delta for those rows, if any.
-pub(crate) fn add_per_group(
+/// Lets each group's hooks replace its own rows of `x` (`[batch, ...]`). `f` gets
+/// the group's hooks, its rows, and those rows of `x`, and returns their new value.
+pub(crate) fn apply_per_group(
     x: &Tensor,
     groups: &[Group<'_>],
-    mut f: impl FnMut(&dyn Hooks, &Range<usize>) -> Result<Option<Tensor>>,
+    mut f: impl FnMut(&dyn Hooks, &Range<usize>, &Tensor) -> Result<Option<Tensor>>,
 ) -> Result<Tensor> {
+    if groups.iter().all(|g| g.hooks.is_none()) {
+        return Ok(x.clone());
+    }
     let batch = x.dim(0)?;
-    let mut deltas: Vec<Option<Tensor>> = Vec::with_capacity(groups.len());
+    if groups.len() == 1 && groups[0].rows == (0..batch) {
+        let h = groups[0].hooks.expect("checked above");
+        return Ok(f(h, &groups[0].rows, x)?.unwrap_or_else(|| x.clone()));
+    }
+    let mut pieces = Vec::with_capacity(groups.len());
     let mut any = false;
     for g in groups {
-        let d = match g.hooks {
-            Some(h) => f(h, &g.rows)?,
+        let part = x.narrow(0, g.rows.start, g.rows.len())?;
+        let new = match g.hooks {
+            Some(h) => f(h, &g.rows, &part)?,
             None => None,
         };
-        any |= d.is_some();
-        deltas.push(d);
+        any |= new.is_some();
+        pieces.push(new.unwrap_or(part));
     }
     if !any {
         return Ok(x.clone());
-    }
-    if groups.len() == 1 && groups[0].rows == (0..batch) {
-        let d = deltas.pop().flatten().expect("one delta");
-        return x.add(&d);
-    }
-    let mut pieces = Vec::with_capacity(groups.len());
-    for (g, d) in groups.iter().zip(deltas) {
-        let part = x.narrow(0, g.rows.start, g.rows.len())?;
-        pieces.push(match d {
-            Some(d) => part.add(&d)?,
-            None => part,
-        });
     }
     Tensor::cat(&pieces, 0)
 }

@@ -37,14 +37,66 @@ unsafe impl Sync for SendPtr {}
 
 /// Activation fused after a linear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Epilogue {
+pub enum Epilogue {
     None,
     /// Exact (erf) GELU.
     Gelu,
+    Relu,
+    /// `x σ(x)` (SiLU).
+    Swish,
+    Tanh,
 }
 
-/// `x Wᵀ + b` for `x` `[..., k]`, `w` `[o, k]`, `b` `[o]`, optionally followed by GELU.
-pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Result<Tensor> {
+/// Whether the fused kernels can stand in for candle ops on these tensors: all on the
+/// CPU, f32, and none a trainable variable (the kernels record no gradient).
+pub fn usable(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.is_variable())
+}
+
+fn apply_epilogue(out: &mut [f32], epi: Epilogue) {
+    match epi {
+        Epilogue::None => {}
+        Epilogue::Gelu => out.par_chunks_mut(4096).for_each(simd::gelu),
+        Epilogue::Relu => out
+            .par_chunks_mut(4096)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0))),
+        Epilogue::Swish => out.par_chunks_mut(4096).for_each(simd::swish),
+        Epilogue::Tanh => out.par_chunks_mut(4096).for_each(simd::tanh),
+    }
+}
+
+/// An activation over a tensor, on the rayon pool.
+pub fn activate(x: &Tensor, epi: Epilogue) -> Result<Tensor> {
+    let mut out = with_slice(x, |s| s.to_vec())?;
+    apply_epilogue(&mut out, epi);
+    Tensor::from_vec(out, x.dims(), &Device::Cpu)
+}
+
+/// `x Wᵀ + b` for `x` `[..., k]`, `w` `[o, k]`, `b` `[o]`, then the epilogue.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Result<Tensor> {
+    fused_linear(None, x, w, Some(b), 1.0, epi)
+}
+
+/// `target + scale · x Wᵀ (+ b)`: the addition happens inside the matmul.
+pub fn add_linear(
+    target: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    scale: f32,
+) -> Result<Tensor> {
+    fused_linear(Some(target), x, w, b, scale, Epilogue::None)
+}
+
+fn fused_linear(
+    target: Option<&Tensor>,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    scale: f32,
+    epi: Epilogue,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = *dims.last().expect("rank >= 1");
     let n = x.elem_count() / k;
@@ -52,10 +104,27 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Resul
     if wk != k {
         candle_core::bail!("linear: input has {k} features, weight expects {wk}");
     }
-    let mut out = vec![0f32; n * o];
-    with_slice(b, |b| {
-        out.par_chunks_mut(o).for_each(|row| row.copy_from_slice(b));
-    })?;
+    if let Some(t) = target {
+        if t.elem_count() != n * o {
+            candle_core::bail!(
+                "linear: target has {} elements, expected {}",
+                t.elem_count(),
+                n * o
+            );
+        }
+    }
+    let mut out = match target {
+        Some(t) => with_slice(t, |t| t.to_vec())?,
+        None => vec![0f32; n * o],
+    };
+    if let Some(b) = b {
+        with_slice(b, |b| {
+            out.par_chunks_mut(o).for_each(|row| {
+                row.iter_mut().zip(b).for_each(|(r, b)| *r += b);
+            });
+        })?;
+    }
+    let read_dst = target.is_some() || b.is_some();
     with_slice(x, |xs| {
         with_slice(w, |ws| {
             // SAFETY: pointers and strides describe the three buffers exactly:
@@ -69,7 +138,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Resul
                     out.as_mut_ptr(),
                     1,
                     o as isize,
-                    true,
+                    read_dst,
                     xs.as_ptr(),
                     1,
                     k as isize,
@@ -77,7 +146,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Resul
                     k as isize,
                     1,
                     1.0,
-                    1.0,
+                    scale,
                     false,
                     false,
                     false,
@@ -86,19 +155,10 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Resul
             }
         })
     })??;
-    if epi == Epilogue::Gelu {
-        out.par_chunks_mut(4096).for_each(simd::gelu);
-    }
+    apply_epilogue(&mut out, epi);
     let mut shape = dims;
     *shape.last_mut().expect("rank >= 1") = o;
     Tensor::from_vec(out, shape, &Device::Cpu)
-}
-
-/// Exact GELU over a tensor, on the rayon pool.
-pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
-    let mut out = with_slice(x, |s| s.to_vec())?;
-    out.par_chunks_mut(4096).for_each(simd::gelu);
-    Tensor::from_vec(out, x.dims(), &Device::Cpu)
 }
 
 /// Multi-head self-attention over packed projections `qkv` `[b, t, 3d]` (q | k | v),
@@ -112,70 +172,72 @@ pub(crate) fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result
     let mut ctx = vec![0f32; b * t * d];
     let out = SendPtr(ctx.as_mut_ptr());
     with_slice(qkv, |src| {
-        (0..b * heads).into_par_iter().for_each_init(Vec::<f32>::new, |scores, job| {
-            let (bi, h) = (job / heads, job % heads);
-            let len = lengths[bi].min(t);
-            if len == 0 {
-                return;
-            }
-            let out = out;
-            let base = bi * t * d3 + h * hd;
-            let (q, k, v) = (&src[base..], &src[base + d..], &src[base + 2 * d..]);
-            scores.clear();
-            scores.resize(len * len, 0.0);
-            // SAFETY: q, k, v are [len, hd] views with row stride 3d inside `src`;
-            // scores is [len, len]; the context block [len, hd] at row stride d is
-            // written by this job alone.
-            unsafe {
-                gemm(
-                    len,
-                    len,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    d3 as isize,
-                    k.as_ptr(),
-                    d3 as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            for row in scores.chunks_mut(len) {
-                simd::softmax(row);
-            }
-            unsafe {
-                gemm(
-                    len,
-                    hd,
-                    len,
-                    out.0.add(bi * t * d + h * hd),
-                    1,
-                    d as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v.as_ptr(),
-                    1,
-                    d3 as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-        });
+        (0..b * heads)
+            .into_par_iter()
+            .for_each_init(Vec::<f32>::new, |scores, job| {
+                let (bi, h) = (job / heads, job % heads);
+                let len = lengths[bi].min(t);
+                if len == 0 {
+                    return;
+                }
+                let out = out;
+                let base = bi * t * d3 + h * hd;
+                let (q, k, v) = (&src[base..], &src[base + d..], &src[base + 2 * d..]);
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                // SAFETY: q, k, v are [len, hd] views with row stride 3d inside `src`;
+                // scores is [len, len]; the context block [len, hd] at row stride d is
+                // written by this job alone.
+                unsafe {
+                    gemm(
+                        len,
+                        len,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        d3 as isize,
+                        k.as_ptr(),
+                        d3 as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_mut(len) {
+                    simd::softmax(row);
+                }
+                unsafe {
+                    gemm(
+                        len,
+                        hd,
+                        len,
+                        out.0.add(bi * t * d + h * hd),
+                        1,
+                        d as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v.as_ptr(),
+                        1,
+                        d3 as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
     })?;
     Tensor::from_vec(ctx, (b, t, d), &Device::Cpu)
 }
@@ -249,6 +311,21 @@ mod simd {
     }
 
     #[inline(always)]
+    fn swish_body(xs: &mut [f32]) {
+        for v in xs.iter_mut() {
+            *v /= 1.0 + exp(-*v);
+        }
+    }
+
+    #[inline(always)]
+    fn tanh_body(xs: &mut [f32]) {
+        for v in xs.iter_mut() {
+            // tanh x = 1 - 2 / (e^{2x} + 1), exact at both tails after clamping.
+            *v = 1.0 - 2.0 / (exp(2.0 * *v) + 1.0);
+        }
+    }
+
+    #[inline(always)]
     fn max(xs: &[f32]) -> f32 {
         let mut acc = [f32::NEG_INFINITY; LANES];
         let mut chunks = xs.chunks_exact(LANES);
@@ -257,7 +334,10 @@ mod simd {
                 acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
             }
         }
-        let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        let m = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
         acc.iter().fold(m, |a, &b| if b > a { b } else { a })
     }
 
@@ -298,7 +378,8 @@ mod simd {
                 acc[i] += c[i] * c[i];
             }
         }
-        let var = (chunks.remainder().iter().map(|v| v * v).sum::<f32>() + acc.iter().sum::<f32>()) / d;
+        let var =
+            (chunks.remainder().iter().map(|v| v * v).sum::<f32>() + acc.iter().sum::<f32>()) / d;
         let inv = 1.0 / (var + eps).sqrt();
         for ((o, g), bt) in o.iter_mut().zip(g).zip(bt) {
             *o = *o * inv * g + bt;
@@ -328,6 +409,8 @@ mod simd {
 
     dispatch!(gelu, gelu_body, (xs: &mut [f32]));
     dispatch!(softmax, softmax_body, (row: &mut [f32]));
+    dispatch!(swish, swish_body, (xs: &mut [f32]));
+    dispatch!(tanh, tanh_body, (xs: &mut [f32]));
     dispatch!(add_layer_norm, add_layer_norm_body, (o: &mut [f32], a: &[f32], b: &[f32], g: &[f32], bt: &[f32], eps: f32));
 }
 
@@ -338,16 +421,28 @@ mod tests {
     #[test]
     fn erf_and_exp_match_reference_values() {
         // erf at a few points (from tables), to the approximation's 1.5e-7 bound.
-        for (x, e) in [(0.0, 0.0), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (2.0, 0.995_322_3), (-1.0, -0.842_700_8)] {
+        for (x, e) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (-1.0, -0.842_700_8),
+        ] {
             let got = simd::erf(x);
             assert!((got - e).abs() < 3e-7, "erf({x}) = {got} vs {e}");
         }
         for i in -870..=880 {
             let x = i as f32 / 10.0;
             let (got, want) = (simd::exp(x), x.exp());
-            assert!((got - want).abs() <= 4e-7 * want, "exp({x}) = {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 4e-7 * want,
+                "exp({x}) = {got} vs {want}"
+            );
         }
-        assert!(simd::exp(-1e9) < 1e-37, "very negative inputs give a negligible value");
+        assert!(
+            simd::exp(-1e9) < 1e-37,
+            "very negative inputs give a negligible value"
+        );
     }
 
     #[test]
@@ -356,13 +451,29 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (3, 5, 8), &dev)?;
         let w = Tensor::randn(0f32, 1.0, (6, 8), &dev)?;
         let b = Tensor::randn(0f32, 1.0, 6, &dev)?;
-        let want = x.reshape((15, 8))?.matmul(&w.t()?)?.broadcast_add(&b)?.reshape((3, 5, 6))?;
+        let want = x
+            .reshape((15, 8))?
+            .matmul(&w.t()?)?
+            .broadcast_add(&b)?
+            .reshape((3, 5, 6))?;
         let got = linear(&x, &w, &b, Epilogue::None)?;
         let diff = (want.clone() - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "linear differs by {diff}");
-        let got = linear(&x, &w, &b, Epilogue::Gelu)?;
-        let diff = (want.gelu_erf()? - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "linear+gelu differs by {diff}");
+        for (epi, act) in [
+            (Epilogue::Gelu, want.gelu_erf()?),
+            (Epilogue::Relu, want.relu()?),
+            (Epilogue::Swish, want.silu()?),
+            (Epilogue::Tanh, want.tanh()?),
+        ] {
+            let got = linear(&x, &w, &b, epi)?;
+            let diff = (act - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "linear+{epi:?} differs by {diff}");
+        }
+        let t = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev)?;
+        let want = (&t + (x.reshape((15, 8))?.matmul(&w.t()?)? * 0.5)?.reshape((3, 5, 6))?)?;
+        let got = add_linear(&t, &x, &w, None, 0.5)?;
+        let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "add_linear differs by {diff}");
 
         let y = Tensor::randn(0f32, 1.0, (3, 5, 8), &dev)?;
         let g = Tensor::randn(1f32, 0.1, 8, &dev)?;

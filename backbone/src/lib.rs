@@ -17,7 +17,7 @@ mod config;
 mod encoder;
 mod error;
 mod hooks;
-mod kernels;
+pub mod kernels;
 mod model;
 pub mod pooling;
 pub mod testing;
@@ -26,8 +26,7 @@ mod tokenize;
 pub use candle_core;
 pub use config::{BertConfig, HiddenAct, ModelFiles, Pooling, PoolingConfig};
 pub use encoder::{
-    sha256_file, Backbone, EncodeOptions, Item, LoadOptions, DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_LENGTH,
+    sha256_file, Backbone, EncodeOptions, Item, LoadOptions, DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH,
 };
 pub use error::{Error, Result};
 pub use hooks::{Group, Hooks, Site, Sub};

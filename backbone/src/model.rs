@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::error::{Error, Result};
-use crate::hooks::{add_per_group, check_groups, rows, Group, Site, Sub};
+use crate::hooks::{apply_per_group, check_groups, rows, Group, Site, Sub};
 use crate::kernels;
 
 /// Whether the forward must be differentiable (training adapters) or fast (serving).
@@ -95,10 +95,13 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{}", self.prefix, name);
-        let t = self.st.load(&full, self.device).map_err(|e| Error::Weights {
-            name: full.clone(),
-            message: format!("cannot load: {e}"),
-        })?;
+        let t = self
+            .st
+            .load(&full, self.device)
+            .map_err(|e| Error::Weights {
+                name: full.clone(),
+                message: format!("cannot load: {e}"),
+            })?;
         if t.dims() != shape {
             return Err(Error::Weights {
                 name: full,
@@ -135,12 +138,13 @@ impl Bert {
     pub fn load(config: BertConfig, weights: &Path, device: &Device) -> Result<Self> {
         // SAFETY: the file is mapped read-only and copied into tensors before return;
         // the model folder is not expected to change while the server starts.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(weights) }.map_err(
-            |e| Error::Weights {
-                name: weights.display().to_string(),
-                message: format!("not a readable safetensors file: {e}"),
-            },
-        )?;
+        let st =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(weights) }.map_err(|e| {
+                Error::Weights {
+                    name: weights.display().to_string(),
+                    message: format!("not a readable safetensors file: {e}"),
+                }
+            })?;
         let has = |n: &str| st.get(n).is_ok();
         let prefix = if has("embeddings.word_embeddings.weight") {
             ""
@@ -221,7 +225,10 @@ impl Bert {
 
     /// Parameters of the encoder (embeddings + layers, as loaded).
     pub fn parameter_count(&self) -> usize {
-        self.shapes.values().map(|s| s.iter().product::<usize>()).sum()
+        self.shapes
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
     }
 
     /// A bias or LayerNorm tensor by name (without `bert.`), e.g. for BitFit's initial values.
@@ -275,14 +282,17 @@ impl Bert {
         let ids = inp.input_ids.flatten_all()?;
         let types = inp.token_type_ids.flatten_all()?;
         let words = self.word.index_select(&ids, 0)?.reshape((b, t, d))?;
-        let typ = self.token_type.index_select(&types, 0)?.reshape((b, t, d))?;
+        let typ = self
+            .token_type
+            .index_select(&types, 0)?
+            .reshape((b, t, d))?;
         let pos = self.position.narrow(0, 0, t)?;
         let e = words.add(&typ)?.broadcast_add(&pos)?;
         let e = f.norm(&e, &self.emb_ln)?;
 
         // Additive attention mask [b, 1, 1, t]: 0 for tokens, a large negative for padding.
-        let mask = ((inp.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?
-            .reshape((b, 1, 1, t))?;
+        let mask =
+            ((inp.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
         let mut h = e.clone();
         for (l, layer) in self.layers.iter().enumerate() {
             h = if fast {
@@ -291,8 +301,7 @@ impl Bert {
                 f.layer(l, layer, &h, &mask)?
             };
         }
-        add_per_group(&h, groups, |hk, r| hk.encoder(&rows(&e, r)?))
-            .map_err(Error::from)
+        apply_per_group(&h, groups, |hk, r, t| hk.encoder(&rows(&e, r)?, t)).map_err(Error::from)
     }
 }
 
@@ -325,7 +334,7 @@ impl Fwd<'_> {
             let y = self.dense(l, site, x, dn)?;
             return match epi {
                 kernels::Epilogue::None => Ok(y),
-                kernels::Epilogue::Gelu => kernels::gelu(&y),
+                _ => kernels::activate(&y, epi),
             };
         }
         if self.groups.iter().all(|g| g.hooks.is_none()) {
@@ -333,10 +342,12 @@ impl Fwd<'_> {
         }
         // A LoRA term must be added before the activation.
         let y = kernels::linear(x, &dn.weight, &dn.bias.t, kernels::Epilogue::None)?;
-        let y = add_per_group(&y, self.groups, |hk, r| hk.linear(l, site, &rows(x, r)?))?;
+        let y = apply_per_group(&y, self.groups, |hk, r, t| {
+            hk.linear(l, site, &rows(x, r)?, t)
+        })?;
         match epi {
             kernels::Epilogue::None => Ok(y),
-            kernels::Epilogue::Gelu => kernels::gelu(&y),
+            _ => kernels::activate(&y, epi),
         }
     }
 
@@ -360,7 +371,10 @@ impl Fwd<'_> {
             kernels::linear(h, &ly.qkv, &ly.qkv_bias, kernels::Epilogue::None)?
         } else {
             let (b, t, _) = h.dims3()?;
-            let y = h.reshape((b * t, d))?.matmul(&ly.qkv.t()?)?.reshape((b, t, 3 * d))?;
+            let y = h
+                .reshape((b * t, d))?
+                .matmul(&ly.qkv.t()?)?
+                .reshape((b, t, 3 * d))?;
             let parts = [&ly.q_bias, &ly.k_bias, &ly.v_bias]
                 .iter()
                 .enumerate()
@@ -374,7 +388,7 @@ impl Fwd<'_> {
         let mut any = false;
         for (i, site) in sites.into_iter().enumerate() {
             let y = qkv.narrow(2, i * d, d)?;
-            let z = add_per_group(&y, g, |hk, r| hk.linear(l, site, &rows(h, r)?))?;
+            let z = apply_per_group(&y, g, |hk, r, t| hk.linear(l, site, &rows(h, r)?, t))?;
             any |= !same(&y, &z);
             parts.push(z);
         }
@@ -382,12 +396,18 @@ impl Fwd<'_> {
             qkv = Tensor::cat(&parts, 2)?;
         }
         let ctx = kernels::attention(&qkv, self.lengths, cfg.num_attention_heads)?;
-        let a = self.dense_fast(l, Site::AttnOut, &ctx, &ly.attn_out, kernels::Epilogue::None)?;
-        let a = add_per_group(&a, g, |hk, r| hk.inner(l, Sub::Attn, &rows(&a, r)?))?;
+        let a = self.dense_fast(
+            l,
+            Site::AttnOut,
+            &ctx,
+            &ly.attn_out,
+            kernels::Epilogue::None,
+        )?;
+        let a = apply_per_group(&a, g, |hk, _, t| hk.inner(l, Sub::Attn, t))?;
         let u = self.add_norm(h, &a, &ly.ln1)?;
-        let u = add_per_group(&u, g, |hk, r| {
+        let u = apply_per_group(&u, g, |hk, r, t| {
             let hr = rows(h, r)?;
-            hk.aside(l, Sub::Attn, &hr, &hr)
+            hk.aside(l, Sub::Attn, &hr, &hr, t)
         })?;
         let x = match self.m.act {
             HiddenAct::Gelu => {
@@ -397,10 +417,10 @@ impl Fwd<'_> {
             HiddenAct::Relu => self.dense(l, Site::Inter, &u, &ly.inter)?.relu()?,
         };
         let fo = self.dense_fast(l, Site::Out, &x, &ly.out, kernels::Epilogue::None)?;
-        let fo = add_per_group(&fo, g, |hk, r| hk.inner(l, Sub::Ffn, &rows(&fo, r)?))?;
+        let fo = apply_per_group(&fo, g, |hk, _, t| hk.inner(l, Sub::Ffn, t))?;
         let out = self.add_norm(&u, &fo, &ly.ln2)?;
-        add_per_group(&out, g, |hk, r| {
-            hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?)
+        apply_per_group(&out, g, |hk, r, t| {
+            hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?, t)
         })
     }
 
@@ -440,11 +460,17 @@ impl Fwd<'_> {
     fn norm(&self, x: &Tensor, n: &Norm) -> candle_core::Result<Tensor> {
         let eps = self.m.config.layer_norm_eps;
         let overridden = self.groups.iter().any(|g| {
-            g.hooks
-                .is_some_and(|h| h.param(&n.weight.name).is_some() || h.param(&n.bias.name).is_some())
+            g.hooks.is_some_and(|h| {
+                h.param(&n.weight.name).is_some() || h.param(&n.bias.name).is_some()
+            })
         });
         if self.mode == Mode::Inference && !overridden {
-            return candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight.t, &n.bias.t, eps as f32);
+            return candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &n.weight.t,
+                &n.bias.t,
+                eps as f32,
+            );
         }
         let d = x.dim(D::Minus1)? as f64;
         let mean = (x.sum_keepdim(D::Minus1)? / d)?;
@@ -459,7 +485,9 @@ impl Fwd<'_> {
         let (b, t, k) = x.dims3()?;
         let y = x.reshape((b * t, k))?.matmul(&w.t()?)?;
         let y = y.reshape((b, t, w.dim(0)?))?;
-        add_per_group(&y, self.groups, |hk, r| hk.linear(l, site, &rows(x, r)?))
+        apply_per_group(&y, self.groups, |hk, r, t| {
+            hk.linear(l, site, &rows(x, r)?, t)
+        })
     }
 
     fn dense(&self, l: usize, site: Site, x: &Tensor, dn: &Dense) -> candle_core::Result<Tensor> {
@@ -474,17 +502,26 @@ impl Fwd<'_> {
         }
     }
 
-    fn layer(&self, l: usize, ly: &Layer, h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn layer(
+        &self,
+        l: usize,
+        ly: &Layer,
+        h: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let cfg = &self.m.config;
         let (b, t, d) = h.dims3()?;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim());
         let g = self.groups;
 
         // Self-attention: one matmul for q, k, v; LoRA terms per projection.
-        let qkv = h.reshape((b * t, d))?.matmul(&ly.qkv.t()?)?.reshape((b, t, 3 * d))?;
+        let qkv = h
+            .reshape((b * t, d))?
+            .matmul(&ly.qkv.t()?)?
+            .reshape((b, t, 3 * d))?;
         let proj = |i: usize, site: Site, bias: &Named| -> candle_core::Result<Tensor> {
             let y = qkv.narrow(2, i * d, d)?;
-            let y = add_per_group(&y, g, |hk, r| hk.linear(l, site, &rows(h, r)?))?;
+            let y = apply_per_group(&y, g, |hk, r, t| hk.linear(l, site, &rows(h, r)?, t))?;
             self.add_param(&y, bias)
         };
         let heads = |x: Tensor| -> candle_core::Result<Tensor> {
@@ -498,11 +535,11 @@ impl Fwd<'_> {
         let probs = self.softmax(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         let a = self.dense(l, Site::AttnOut, &ctx, &ly.attn_out)?;
-        let a = add_per_group(&a, g, |hk, r| hk.inner(l, Sub::Attn, &rows(&a, r)?))?;
+        let a = apply_per_group(&a, g, |hk, _, t| hk.inner(l, Sub::Attn, t))?;
         let u = self.norm(&h.add(&a)?, &ly.ln1)?;
-        let u = add_per_group(&u, g, |hk, r| {
+        let u = apply_per_group(&u, g, |hk, r, t| {
             let hr = rows(h, r)?;
-            hk.aside(l, Sub::Attn, &hr, &hr)
+            hk.aside(l, Sub::Attn, &hr, &hr, t)
         })?;
 
         // Feed-forward.
@@ -513,10 +550,10 @@ impl Fwd<'_> {
             HiddenAct::Relu => x.relu()?,
         };
         let fo = self.dense(l, Site::Out, &x, &ly.out)?;
-        let fo = add_per_group(&fo, g, |hk, r| hk.inner(l, Sub::Ffn, &rows(&fo, r)?))?;
+        let fo = apply_per_group(&fo, g, |hk, _, t| hk.inner(l, Sub::Ffn, t))?;
         let out = self.norm(&u.add(&fo)?, &ly.ln2)?;
-        add_per_group(&out, g, |hk, r| {
-            hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?)
+        apply_per_group(&out, g, |hk, r, t| {
+            hk.aside(l, Sub::Ffn, &rows(h, r)?, &rows(&u, r)?, t)
         })
     }
 }

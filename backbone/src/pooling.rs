@@ -20,7 +20,11 @@ pub fn pool(h: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
 
 /// Divides each row by its L2 norm (at least 1e-12, as `torch.nn.functional.normalize`).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
 }
 

@@ -163,13 +163,28 @@ impl TinyBert {
         let prefix = if self.bert_prefix { "bert." } else { "" };
         let mut put = |name: String, shape: &[usize], std: f32, mean: f32| {
             let n = shape.iter().product();
-            let t = Tensor::from_vec(rng.normals(n, std, mean), shape, &Device::Cpu)
-                .expect("tensor");
+            let t =
+                Tensor::from_vec(rng.normals(n, std, mean), shape, &Device::Cpu).expect("tensor");
             tensors.insert(format!("{prefix}{name}"), t);
         };
-        put("embeddings.word_embeddings.weight".into(), &[vocab.len(), d], 0.5, 0.0);
-        put("embeddings.position_embeddings.weight".into(), &[self.max_positions, d], 0.2, 0.0);
-        put("embeddings.token_type_embeddings.weight".into(), &[2, d], 0.2, 0.0);
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            &[vocab.len(), d],
+            0.5,
+            0.0,
+        );
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            &[self.max_positions, d],
+            0.2,
+            0.0,
+        );
+        put(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[2, d],
+            0.2,
+            0.0,
+        );
         put("embeddings.LayerNorm.weight".into(), &[d], 0.1, 1.0);
         put("embeddings.LayerNorm.bias".into(), &[d], 0.1, 0.0);
         for layer in 0..l {
@@ -180,7 +195,12 @@ impl TinyBert {
                     _ => (d, d),
                 };
                 let p = site.tensor_prefix(layer);
-                put(format!("{p}.weight"), &[out, inp], 1.0 / (inp as f32).sqrt(), 0.0);
+                put(
+                    format!("{p}.weight"),
+                    &[out, inp],
+                    1.0 / (inp as f32).sqrt(),
+                    0.0,
+                );
                 put(format!("{p}.bias"), &[out], 0.1, 0.0);
             }
             for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {

@@ -52,7 +52,12 @@ impl Tokens {
     }
 
     fn for_len(&self, max_length: usize) -> Result<Arc<Tokenizer>> {
-        if let Some(t) = self.by_len.read().expect("tokenizer cache").get(&max_length) {
+        if let Some(t) = self
+            .by_len
+            .read()
+            .expect("tokenizer cache")
+            .get(&max_length)
+        {
             return Ok(t.clone());
         }
         let mut t = self.base.clone();

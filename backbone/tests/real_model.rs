@@ -43,7 +43,11 @@ fn matches_the_independent_reference_for_every_vector() {
             .collect();
         assert_eq!(g.len(), 384);
         let c = cos(g, &w);
-        let d = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let d = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(c >= 0.9999, "{}: cosine {c}", inp["id"]);
         assert!(d <= 1e-4, "{}: max abs diff {d}", inp["id"]);
     }
@@ -54,7 +58,11 @@ fn sentence_transformers_example_sentences() {
     let Some(b) = load() else { return };
     let v = b
         .embed(
-            &["This is an example sentence", "Each sentence is converted", "Hello world"],
+            &[
+                "This is an example sentence",
+                "Each sentence is converted",
+                "Hello world",
+            ],
             &EncodeOptions::default(),
         )
         .unwrap();
@@ -65,7 +73,10 @@ fn sentence_transformers_example_sentences() {
     let pairs = [(0, 1, 0.4046), (0, 2, 0.2040), (1, 2, 0.1296)];
     for (i, j, want) in pairs {
         let c = cos(&v[i], &v[j]);
-        assert!((c - want).abs() < 1e-4, "cos({i},{j}) = {c:.4}, expected {want}");
+        assert!(
+            (c - want).abs() < 1e-4,
+            "cos({i},{j}) = {c:.4}, expected {want}"
+        );
     }
 }
 
@@ -74,7 +85,16 @@ fn truncation_at_256_tokens_equals_truncating_the_text() {
     let Some(b) = load() else { return };
     let long = "protein ".repeat(400);
     let short = "protein ".repeat(254); // 254 word tokens + [CLS] + [SEP] = 256
-    let v = b.embed(&[&long, &short], &EncodeOptions::default()).unwrap();
-    let d = v[0].iter().zip(&v[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(d < 1e-6, "truncated long text differs from its first 256 tokens by {d}");
+    let v = b
+        .embed(&[&long, &short], &EncodeOptions::default())
+        .unwrap();
+    let d = v[0]
+        .iter()
+        .zip(&v[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        d < 1e-6,
+        "truncated long text differs from its first 256 tokens by {d}"
+    );
 }

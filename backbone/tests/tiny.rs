@@ -2,9 +2,7 @@
 //! truncation, batching, the fused serving path against the differentiable one.
 
 use aside_backbone::testing::TinyBert;
-use aside_backbone::{
-    Backbone, EncodeOptions, Group, Input, Item, LoadOptions, Mode, Pooling,
-};
+use aside_backbone::{Backbone, EncodeOptions, Group, Input, Item, LoadOptions, Mode, Pooling};
 
 fn tiny(spec: TinyBert) -> (tempfile::TempDir, Backbone) {
     let dir = tempfile::tempdir().unwrap();
@@ -21,7 +19,10 @@ fn opts(max_length: usize, batch_size: usize) -> EncodeOptions {
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 const TEXTS: [&str; 6] = [
@@ -45,7 +46,11 @@ fn bert_prefix_and_plain_names_load_the_same_model() {
     let y = prefixed.embed(&TEXTS, &o).unwrap();
     assert_eq!(x, y);
     assert_eq!(plain.sha256().len(), 64);
-    assert_ne!(plain.sha256(), prefixed.sha256(), "different files, different identity");
+    assert_ne!(
+        plain.sha256(),
+        prefixed.sha256(),
+        "different files, different identity"
+    );
 }
 
 #[test]
@@ -54,9 +59,16 @@ fn batched_results_equal_one_at_a_time() {
     let batched = b.embed(&TEXTS, &opts(32, 4)).unwrap();
     for (t, v) in TEXTS.iter().zip(&batched) {
         let single = b.embed(&[t], &opts(32, 1)).unwrap();
-        assert!(max_abs(&single[0], v) < 1e-5, "{t:?} differs by {}", max_abs(&single[0], v));
+        assert!(
+            max_abs(&single[0], v) < 1e-5,
+            "{t:?} differs by {}",
+            max_abs(&single[0], v)
+        );
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "normalised output, got norm {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "normalised output, got norm {norm}"
+        );
     }
 }
 
@@ -76,8 +88,20 @@ fn fused_serving_path_matches_differentiable_path() {
     // Compare real tokens only: padded positions are never read.
     for (row, e) in enc.iter().enumerate() {
         let n = e.ids.len();
-        let f = fast.get(row).unwrap().narrow(0, 0, n).unwrap().flatten_all().unwrap();
-        let s = slow.get(row).unwrap().narrow(0, 0, n).unwrap().flatten_all().unwrap();
+        let f = fast
+            .get(row)
+            .unwrap()
+            .narrow(0, 0, n)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let s = slow
+            .get(row)
+            .unwrap()
+            .narrow(0, 0, n)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
         let d = max_abs(&f.to_vec1().unwrap(), &s.to_vec1().unwrap());
         assert!(d < 1e-4, "row {row}: fused and generic differ by {d}");
     }
@@ -95,7 +119,11 @@ fn truncation_keeps_cls_and_sep_at_exactly_max_length() {
     assert_eq!(enc[0].ids.len(), 10);
     assert_eq!(enc[0].ids[0], 2, "[CLS] first");
     assert_eq!(enc[0].ids[9], 3, "[SEP] last");
-    assert_eq!(enc[1].ids.len(), 10, "an input of exactly max length is kept whole");
+    assert_eq!(
+        enc[1].ids.len(),
+        10,
+        "an input of exactly max length is kept whole"
+    );
     assert_eq!(enc[1].ids[9], 3);
     // Beyond max length the embedding equals that of the truncated text.
     let v = b.embed(&[&long, &"cell ".repeat(8)], &opts(10, 2)).unwrap();
@@ -122,13 +150,22 @@ fn empty_and_non_ascii_texts_embed() {
 #[test]
 fn pairs_get_token_types_zero_then_one() {
     let (_d, b) = tiny(TinyBert::default());
-    let enc = b.tokens().encode(&[Input::Pair("hello", "world")], 32).unwrap();
+    let enc = b
+        .tokens()
+        .encode(&[Input::Pair("hello", "world")], 32)
+        .unwrap();
     assert_eq!(enc[0].type_ids, vec![0, 0, 0, 1, 1]);
     // Longest-first truncation trims the longer side of a pair.
     let long = "cell ".repeat(50);
-    let enc = b.tokens().encode(&[Input::Pair("hello", &long)], 12).unwrap();
+    let enc = b
+        .tokens()
+        .encode(&[Input::Pair("hello", &long)], 12)
+        .unwrap();
     assert_eq!(enc[0].ids.len(), 12);
-    assert_eq!(enc[0].ids[1], b.tokens().encode(&[Input::Single("hello")], 8).unwrap()[0].ids[1]);
+    assert_eq!(
+        enc[0].ids[1],
+        b.tokens().encode(&[Input::Single("hello")], 8).unwrap()[0].ids[1]
+    );
 }
 
 #[test]
@@ -157,7 +194,9 @@ fn bad_options_and_missing_files_are_named() {
     let err = b.embed(&["x"], &opts(16, 0)).unwrap_err().to_string();
     assert!(err.contains("batch size"), "{err}");
     std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
-    let err = Backbone::load(d.path(), &LoadOptions::default()).unwrap_err().to_string();
+    let err = Backbone::load(d.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }
 
@@ -171,7 +210,12 @@ fn a_weight_of_the_wrong_shape_is_refused_by_name() {
         serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = serde_json::json!(48);
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let err = Backbone::load(dir.path(), &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("encoder.layer.0.intermediate.dense.weight"), "{err}");
+    let err = Backbone::load(dir.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("encoder.layer.0.intermediate.dense.weight"),
+        "{err}"
+    );
     assert!(err.contains("[48, 32]"), "{err}");
 }

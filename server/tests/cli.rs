@@ -19,7 +19,12 @@ fn run(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -42,7 +47,11 @@ fn embed_keeps_order_and_ids() {
     let model = m.path().to_str().unwrap();
     let input = "{\"id\": \"b\", \"text\": \"hello world\"}\n\n{\"id\": 7, \"text\": \"\"}\n{\"id\": \"a\", \"text\": \"the cell\"}\n";
     let out = run(&["embed", "--model", model, "--max-length", "64"], input);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = lines(&out);
     let ids: Vec<String> = v.iter().map(|l| l["id"].to_string()).collect();
     assert_eq!(ids, ["\"b\"", "7", "\"a\""]);
@@ -54,10 +63,19 @@ fn a_malformed_line_is_named_and_nothing_is_printed() {
     let m = tiny();
     let model = m.path().to_str().unwrap();
     for (input, want) in [
-        ("{\"id\": \"a\", \"text\": \"ok\"}\n{\"id\": \"b\", \"text\": 3}\n", "input line 2"),
-        ("{\"id\": \"a\", \"text\": \"ok\"}\nnot json\n", "input line 2"),
+        (
+            "{\"id\": \"a\", \"text\": \"ok\"}\n{\"id\": \"b\", \"text\": 3}\n",
+            "input line 2",
+        ),
+        (
+            "{\"id\": \"a\", \"text\": \"ok\"}\nnot json\n",
+            "input line 2",
+        ),
         ("{\"text\": \"no id\"}\n", "input line 1"),
-        ("{\"id\": [1], \"text\": \"x\"}\n", "input line 1: `id` must be a string or a number"),
+        (
+            "{\"id\": [1], \"text\": \"x\"}\n",
+            "input line 1: `id` must be a string or a number",
+        ),
     ] {
         let out = run(&["embed", "--model", model, "--max-length", "64"], input);
         assert!(!out.status.success());
@@ -74,21 +92,53 @@ fn embed_applies_an_adapter_and_inspect_describes_it() {
     let m = tiny();
     let model = m.path().to_str().unwrap();
     let b = Backbone::load(m.path(), &LoadOptions::default()).unwrap();
-    let (_, meta) = test_metas(b.sha256()).into_iter().find(|(l, _)| *l == "iaa-l").unwrap();
+    let (_, meta) = test_metas(b.sha256())
+        .into_iter()
+        .find(|(l, _)| *l == "iaa-l")
+        .unwrap();
     let a = random_adapter(&meta, &Dims::of(&b), b.bert(), 5);
     let path = m.path().join("a.safetensors");
     std::fs::write(&path, format::write_adapter(&a).unwrap()).unwrap();
     let input = "{\"id\": \"x\", \"text\": \"hello world\"}\n";
-    let bare = lines(&run(&["embed", "--model", model, "--max-length", "64"], input));
+    let bare = lines(&run(
+        &["embed", "--model", model, "--max-length", "64"],
+        input,
+    ));
     let out = run(
-        &["embed", "--model", model, "--max-length", "64", "--adapter", path.to_str().unwrap()],
+        &[
+            "embed",
+            "--model",
+            model,
+            "--max-length",
+            "64",
+            "--adapter",
+            path.to_str().unwrap(),
+        ],
         input,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_ne!(lines(&out)[0]["embedding"], bare[0]["embedding"]);
 
-    let out = run(&["adapter", "inspect", path.to_str().unwrap(), "--model", model, "--json"], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &[
+            "adapter",
+            "inspect",
+            path.to_str().unwrap(),
+            "--model",
+            model,
+            "--json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "iaa-l");
     assert_eq!(v["r"], 6);
@@ -97,7 +147,16 @@ fn embed_applies_an_adapter_and_inspect_describes_it() {
     assert_eq!(v["params"], a.param_count());
 
     std::fs::write(&path, b"not an adapter").unwrap();
-    let out = run(&["adapter", "inspect", path.to_str().unwrap(), "--model", model], "");
+    let out = run(
+        &[
+            "adapter",
+            "inspect",
+            path.to_str().unwrap(),
+            "--model",
+            model,
+        ],
+        "",
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("header"));
 }
@@ -106,17 +165,52 @@ fn embed_applies_an_adapter_and_inspect_describes_it() {
 fn convert_writes_a_native_file_from_a_peft_folder() {
     let m = tiny();
     let model = m.path().to_str().unwrap();
-    let peft = concat!(env!("CARGO_MANIFEST_DIR"), "/../adapters/tests/fixtures/peft/query-value");
+    let peft = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../adapters/tests/fixtures/peft/query-value"
+    );
     let out_file = m.path().join("lora.safetensors");
     let out = run(
-        &["adapter", "convert", "--peft", peft, "-o", out_file.to_str().unwrap(), "--model", model],
+        &[
+            "adapter",
+            "convert",
+            "--peft",
+            peft,
+            "-o",
+            out_file.to_str().unwrap(),
+            "--model",
+            model,
+        ],
         "",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let input = "{\"id\": \"x\", \"text\": \"hello world\"}\n";
-    let a = lines(&run(&["embed", "--model", model, "--max-length", "64", "--adapter", peft], input));
+    let a = lines(&run(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--max-length",
+            "64",
+            "--adapter",
+            peft,
+        ],
+        input,
+    ));
     let b = lines(&run(
-        &["embed", "--model", model, "--max-length", "64", "--adapter", out_file.to_str().unwrap()],
+        &[
+            "embed",
+            "--model",
+            model,
+            "--max-length",
+            "64",
+            "--adapter",
+            out_file.to_str().unwrap(),
+        ],
         input,
     ));
     assert_eq!(a, b, "the folder and its native conversion embed alike");

@@ -68,7 +68,10 @@ pub fn scores(b: &Backbone, a: &Adapter, pairs: &[(&str, &str)]) -> Vec<f32> {
 }
 
 pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn cos(a: &[f32], b: &[f32]) -> f64 {

@@ -94,9 +94,17 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     println!("activation:  {}", m.activation.name());
     if m.kind == aside_adapters::Kind::Lora {
         let t: Vec<&str> = m.lora_targets.iter().map(|s| s.name()).collect();
-        println!("lora:        targets {} alpha {} scale {}", t.join(","), m.lora_alpha.unwrap_or(0.0), m.lora_scale());
+        println!(
+            "lora:        targets {} alpha {} scale {}",
+            t.join(","),
+            m.lora_alpha.unwrap_or(0.0),
+            m.lora_scale()
+        );
     }
-    println!("pooling:     {} (normalize {})", pool.pooling, pool.normalize);
+    println!(
+        "pooling:     {} (normalize {})",
+        pool.pooling, pool.normalize
+    );
     println!(
         "parameters:  {} ({pct:.3}% of the backbone's {total})",
         adapter.param_count()

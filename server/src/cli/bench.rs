@@ -46,7 +46,11 @@ pub fn read_corpus(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<(Stri
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
         let title = s("title");
         let text = s("text");
-        let doc = if title.is_empty() { text } else { format!("{title} {text}") };
+        let doc = if title.is_empty() {
+            text
+        } else {
+            format!("{title} {text}")
+        };
         out.push((s("_id"), doc));
     }
     Ok(out)
@@ -92,5 +96,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -91,7 +91,10 @@ pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     let vectors = backbone.encode(&items, &opts)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     for (line, v) in lines.iter().zip(vectors) {
-        serde_json::to_writer(&mut out, &serde_json::json!({"id": line.id, "embedding": v}))?;
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"id": line.id, "embedding": v}),
+        )?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

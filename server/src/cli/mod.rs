@@ -2,6 +2,7 @@
 
 mod adapter;
 mod bench;
+mod bench_adapters;
 mod embed;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::Adapter(c) => adapter::run(c),
         Command::Bench(BenchCommand::Encode(a)) => bench::run(a),
+        Command::Bench(BenchCommand::Adapters(a)) => bench_adapters::run(a),
     }
 }
 
@@ -45,4 +47,6 @@ pub fn default_model_dir() -> PathBuf {
 pub enum BenchCommand {
     /// Corpus encoding throughput (docs/s, tokens/s).
     Encode(bench::BenchArgs),
+    /// Adapter overhead, mixed-adapter batches, load time, resident memory.
+    Adapters(bench_adapters::BenchAdaptersArgs),
 }
