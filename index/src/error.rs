@@ -1,0 +1,52 @@
+//! The index crate's one error type; variants name the fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("document `{id}`: vector has dimension {got}, the collection's is {expected}")]
+    WrongDimension {
+        id: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("query vector has dimension {got}, the collection's is {expected}")]
+    WrongQueryDimension { expected: usize, got: usize },
+    #[error("document `{id}`: vector element {index} is not finite")]
+    NotFinite { id: String, index: usize },
+    #[error("document `{id}`: a zero vector has no direction for cosine similarity")]
+    ZeroVector { id: String },
+    #[error("document id `{0}` appears more than once in one batch")]
+    DuplicateId(String),
+    #[error("document ids must be 1-512 bytes; got {0} bytes")]
+    BadId(usize),
+    #[error("no collection named `{0}`")]
+    UnknownCollection(String),
+    #[error("a collection named `{0}` already exists")]
+    CollectionExists(String),
+    #[error("invalid collection name `{0}`: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'")]
+    BadName(String),
+    #[error("invalid collection settings: {0}")]
+    BadConfig(String),
+    #[error("invalid filter: {0}")]
+    BadFilter(String),
+    #[error("invalid search: {0}")]
+    BadSearch(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("collection data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

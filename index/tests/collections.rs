@@ -1,0 +1,370 @@
+//! Collections: recall against exact search, filters, tombstones, compaction,
+//! persistence (snapshots, torn log tails, corrupt snapshots), bad input, and a
+//! real SIGKILL in the middle of heavy writes.
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+
+use aside_index::{
+    Collection, CollectionConfig, Doc, Filter, HnswParams, Index, IndexError, Metric,
+    SearchRequest, Space,
+};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+fn config(name: &str, dim: usize, metric: Metric) -> CollectionConfig {
+    CollectionConfig {
+        name: name.into(),
+        dim,
+        metric,
+        hnsw: HnswParams::default(),
+        space: Space::default(),
+    }
+}
+
+fn unit(rng: &mut rand::rngs::StdRng, dim: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() - 0.5).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn docs(rng: &mut rand::rngs::StdRng, n: usize, dim: usize, prefix: &str) -> Vec<Doc> {
+    (0..n)
+        .map(|i| Doc {
+            id: format!("{prefix}{i}"),
+            vector: unit(rng, dim),
+            text: format!("text {i}"),
+            metadata: json!({"group": i % 3, "lang": if i % 2 == 0 { "en" } else { "de" }}),
+        })
+        .collect()
+}
+
+fn search(
+    c: &Collection,
+    v: &[f32],
+    k: usize,
+    exact: bool,
+    filter: Option<&Filter>,
+) -> Vec<String> {
+    c.search(&SearchRequest {
+        vector: v,
+        k,
+        ef: Some(128),
+        filter,
+        threshold: None,
+        exact,
+    })
+    .unwrap()
+    .into_iter()
+    .map(|h| h.id)
+    .collect()
+}
+
+#[test]
+fn hnsw_recall_against_exact_search_within_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path()).unwrap();
+    let c = index.create(config("r", 32, Metric::Cosine)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for chunk in docs(&mut rng, 6000, 32, "d").chunks(1000) {
+        c.upsert(chunk.to_vec()).unwrap();
+    }
+    let (mut total, mut found, mut bad) = (0, 0, 0);
+    for _ in 0..100 {
+        let q = unit(&mut rng, 32);
+        let exact = search(&c, &q, 10, true, None);
+        let approx = search(&c, &q, 10, false, None);
+        let hits = approx.iter().filter(|id| exact.contains(id)).count();
+        total += 10;
+        found += hits;
+        if hits < 8 {
+            bad += 1;
+        }
+    }
+    let recall = found as f64 / total as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+    assert!(bad <= 5, "{bad} of 100 queries under 0.8 recall (budget 5)");
+}
+
+#[test]
+fn filters_tombstones_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path()).unwrap();
+    let c = index.create(config("f", 16, Metric::Dot)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    c.upsert(docs(&mut rng, 3000, 16, "d")).unwrap();
+    let q = unit(&mut rng, 16);
+    let f = Filter::parse(&json!({"lang": "en", "group": {"in": [0, 1]}})).unwrap();
+    for exact in [true, false] {
+        let hits = c
+            .search(&SearchRequest {
+                vector: &q,
+                k: 10,
+                ef: None,
+                filter: Some(&f),
+                threshold: None,
+                exact,
+            })
+            .unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits
+            .iter()
+            .all(|h| h.metadata["lang"] == "en" && h.metadata["group"] != 2));
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+    // Delete most of the collection: tombstones are skipped and k hits still come back.
+    let gone: Vec<String> = (0..2500).map(|i| format!("d{i}")).collect();
+    assert_eq!(c.delete(&gone).unwrap(), 2500);
+    assert_eq!(
+        c.delete(&gone).unwrap(),
+        0,
+        "deleting again removes nothing"
+    );
+    let hits = search(&c, &q, 10, false, None);
+    assert_eq!(hits.len(), 10);
+    assert!(hits
+        .iter()
+        .all(|id| id[1..].parse::<usize>().unwrap() >= 2500));
+    // Replacing a document keeps one copy with the new contents.
+    let mut d = c.get("d2600").unwrap();
+    d.text = "replaced".into();
+    c.upsert(vec![d]).unwrap();
+    assert_eq!(c.get("d2600").unwrap().text, "replaced");
+    assert_eq!(c.count(), 500);
+    let before = search(&c, &q, 10, true, None);
+    c.compact();
+    assert_eq!(c.stats().tombstones, 0);
+    assert_eq!(search(&c, &q, 10, true, None), before);
+    assert_eq!(search(&c, &q, 10, false, None).len(), 10);
+    // Threshold and paging.
+    let top = c
+        .search(&SearchRequest {
+            vector: &q,
+            k: 10,
+            ef: None,
+            filter: None,
+            threshold: Some(10.0),
+            exact: true,
+        })
+        .unwrap();
+    assert!(top.is_empty());
+    let page = c.list_ids(None, 3);
+    assert_eq!(c.list_ids(Some(&page[2]), 2).len(), 2);
+}
+
+#[test]
+fn reopen_restores_everything_through_snapshots_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let all = docs(&mut rng, 300, 8, "p");
+    {
+        let index = Index::open(dir.path()).unwrap();
+        let c = index.create(config("p", 8, Metric::L2)).unwrap();
+        c.upsert(all[..100].to_vec()).unwrap();
+        c.snapshot().unwrap();
+        c.upsert(all[100..200].to_vec()).unwrap();
+        c.snapshot().unwrap();
+        c.upsert(all[200..].to_vec()).unwrap();
+        c.delete(&["p5".to_string()]).unwrap();
+    }
+    let index = Index::open(dir.path()).unwrap();
+    assert!(index.warnings().is_empty(), "{:?}", index.warnings());
+    let c = index.get("p").unwrap();
+    assert_eq!(c.count(), 299);
+    assert!(c.get("p5").is_none());
+    assert_eq!(c.get("p250").unwrap(), all[250]);
+
+    // A torn tail (a record cut short) is dropped; what came before stays.
+    let seg = std::fs::read_dir(dir.path().join("p"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&seg, bytes).unwrap();
+    drop(index);
+    let index = Index::open(dir.path()).unwrap();
+    assert!(
+        index.warnings().iter().any(|w| w.contains("torn")),
+        "{:?}",
+        index.warnings()
+    );
+    assert_eq!(index.get("p").unwrap().count(), 299);
+
+    // A corrupt newest snapshot: reported, and the previous one plus the log used.
+    let snaps: Vec<_> = std::fs::read_dir(dir.path().join("p"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    let newest = snaps.iter().max().unwrap();
+    let mut b = std::fs::read(newest).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 0xff;
+    std::fs::write(newest, b).unwrap();
+    drop(index);
+    let index = Index::open(dir.path()).unwrap();
+    assert!(
+        index.warnings().iter().any(|w| w.contains("checksum")),
+        "{:?}",
+        index.warnings()
+    );
+    let c = index.get("p").unwrap();
+    assert_eq!(c.count(), 299);
+    assert_eq!(c.get("p150").unwrap(), all[150]);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path()).unwrap();
+    let c = index.create(config("b", 4, Metric::Cosine)).unwrap();
+    let ok = Doc {
+        id: "a".into(),
+        vector: vec![1.0, 0.0, 0.0, 0.0],
+        text: "a".into(),
+        metadata: json!({}),
+    };
+    c.upsert(vec![ok.clone()]).unwrap();
+    let d = |id: &str, v: Vec<f32>| Doc {
+        id: id.into(),
+        vector: v,
+        text: String::new(),
+        metadata: json!({}),
+    };
+    let cases: Vec<(Vec<Doc>, &str)> = vec![
+        (
+            vec![d("x", vec![1.0, 2.0, 3.0, 4.0]), d("y", vec![1.0])],
+            "document `y`: vector has dimension 1, the collection's is 4",
+        ),
+        (
+            vec![d("x", vec![1.0, f32::NAN, 0.0, 0.0])],
+            "document `x`: vector element 1 is not finite",
+        ),
+        (
+            vec![d("x", vec![1.0; 4]), d("x", vec![2.0; 4])],
+            "document id `x` appears more than once",
+        ),
+        (vec![d("z", vec![0.0; 4])], "zero vector"),
+        (vec![d("", vec![1.0; 4])], "document ids must be"),
+    ];
+    for (batch, want) in cases {
+        let err = c.upsert(batch).unwrap_err().to_string();
+        assert!(err.contains(want), "`{err}` should contain `{want}`");
+    }
+    assert_eq!(c.count(), 1);
+    assert_eq!(c.get("a").unwrap().vector, ok.vector);
+    assert!(c.get("x").is_none());
+    let q = [1.0, 0.0];
+    let err = c
+        .search(&SearchRequest {
+            vector: &q,
+            k: 1,
+            ef: None,
+            filter: None,
+            threshold: None,
+            exact: false,
+        })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        IndexError::WrongQueryDimension {
+            expected: 4,
+            got: 2
+        }
+    ));
+    assert!(matches!(
+        index.get("nope"),
+        Err(IndexError::UnknownCollection(_))
+    ));
+    assert!(matches!(
+        index.create(config("b", 4, Metric::Cosine)),
+        Err(IndexError::CollectionExists(_))
+    ));
+    assert!(matches!(
+        index.create(config("../x", 4, Metric::Cosine)),
+        Err(IndexError::BadName(_))
+    ));
+    let mut wide = config("w", 4, Metric::Cosine);
+    wide.hnsw.m = 300;
+    let err = index.create(wide).unwrap_err().to_string();
+    assert!(err.contains("hnsw.m 300 is out of range 2..=256"), "{err}");
+    index.delete("b").unwrap();
+    assert!(index.get("b").is_err());
+    assert!(Index::open(dir.path()).unwrap().list().is_empty());
+}
+
+#[test]
+fn concurrent_readers_during_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path()).unwrap();
+    let c: Arc<Collection> = index.create(config("c", 16, Metric::Cosine)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let batches: Vec<Vec<Doc>> = (0..8)
+        .map(|b| docs(&mut rng, 300, 16, &format!("b{b}-")))
+        .collect();
+    let q = unit(&mut rng, 16);
+    let writers: Vec<_> = batches
+        .into_iter()
+        .map(|b| {
+            let c = c.clone();
+            std::thread::spawn(move || c.upsert(b).unwrap())
+        })
+        .collect();
+    let mut searches = 0;
+    while writers.iter().any(|w| !w.is_finished()) && searches < 10_000 {
+        let hits = search(&c, &q, 5, false, None);
+        assert!(hits.len() <= 5);
+        searches += 1;
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(c.count(), 2400);
+}
+
+#[test]
+fn sigkill_during_heavy_writes_keeps_every_acknowledged_write() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crash_writer"))
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked: Option<u64> = None;
+        // Kill after a varying number of acknowledgements.
+        let stop_after = 30 + 25 * round;
+        while let Some(Ok(l)) = lines.next() {
+            acked = Some(l.strip_prefix("ack ").unwrap().parse().unwrap());
+            if acked.unwrap() >= stop_after {
+                break;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let acked = acked.expect("the writer acknowledged something");
+        let index = Index::open(dir.path()).unwrap();
+        let c = index.get("crash").unwrap();
+        for b in 0..=acked {
+            for i in 0..20u64 {
+                let d = c
+                    .get(&format!("b{b}-{i}"))
+                    .unwrap_or_else(|| panic!("acknowledged b{b}-{i} lost"));
+                assert_eq!(d.vector[0], (b * 100 + i * 8) as f32);
+            }
+        }
+        // Nothing else: only whole batches, at most the one in flight beyond the last ack.
+        let n = c.count() as u64;
+        assert!(n % 20 == 0, "a batch was applied partially ({n} docs)");
+        assert!(
+            n / 20 <= acked + 2,
+            "{n} docs but only {} batches acknowledged",
+            acked + 1
+        );
+    }
+}
