@@ -93,17 +93,44 @@ impl Index {
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let mut map = BTreeMap::new();
         let mut warnings = Vec::new();
-        for e in std::fs::read_dir(root).map_err(io_err(root))? {
-            let e = e.map_err(io_err(root))?;
+        let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(root)
+            .map_err(io_err(root))?
+            .collect::<std::io::Result<_>>()
+            .map_err(io_err(root))?;
+        // Hidden entries first, so a restored collection is opened below.
+        entries.sort_by_key(|e| !e.file_name().to_string_lossy().starts_with('.'));
+        let mut restored = Vec::new();
+        for e in entries.iter() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
+                // `.deleted-X` without `X` is a replacement cut short between its two
+                // renames: the old collection is put back (its re-embedding restarts).
+                if let Some(orig) = name.strip_prefix(".deleted-") {
+                    let target = root.join(orig);
+                    if !target.exists() && e.path().join("manifest.json").is_file() {
+                        std::fs::rename(e.path(), &target).map_err(io_err(&target))?;
+                        warnings.push(format!(
+                            "collection `{orig}`: restored after an interrupted replacement"
+                        ));
+                        restored.push(orig.to_owned());
+                        continue;
+                    }
+                }
                 let _ = std::fs::remove_dir_all(e.path());
                 continue;
             }
-            if !e.path().join("manifest.json").is_file() {
+        }
+        let names = entries
+            .iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .chain(restored);
+        for name in names {
+            let path = root.join(&name);
+            if !path.join("manifest.json").is_file() {
                 continue;
             }
-            match Collection::open(&e.path()) {
+            match Collection::open(&path) {
                 Ok(c) => {
                     warnings.extend(
                         c.warnings()
@@ -158,6 +185,35 @@ impl Index {
 
     pub fn list(&self) -> Vec<Arc<Collection>> {
         self.collections.read().values().cloned().collect()
+    }
+
+    /// Creates a hidden staging collection that will replace `config.name` on
+    /// [`Index::promote`] (used to re-embed a collection into a new space).
+    pub fn create_staging(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
+        config.validate()?;
+        let dir = self.root.join(format!(".staging-{}", config.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Arc::new(Collection::create(&dir, config)?))
+    }
+
+    /// Atomically (for readers) replaces a collection with its staging copy.
+    pub fn promote(&self, name: &str, staging: Arc<Collection>) -> Result<Arc<Collection>> {
+        staging.snapshot()?;
+        drop(staging);
+        let mut map = self.collections.write();
+        let dir = self.root.join(name);
+        let trash = self.root.join(format!(".deleted-{name}"));
+        let staged = self.root.join(format!(".staging-{name}"));
+        let _ = std::fs::remove_dir_all(&trash);
+        if dir.exists() {
+            std::fs::rename(&dir, &trash).map_err(io_err(&dir))?;
+        }
+        std::fs::rename(&staged, &dir).map_err(io_err(&staged))?;
+        sync_dir(&self.root)?;
+        let _ = std::fs::remove_dir_all(&trash);
+        let c = Arc::new(Collection::open(&dir)?);
+        map.insert(name.to_owned(), c.clone());
+        Ok(c)
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {

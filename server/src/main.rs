@@ -1,8 +1,7 @@
 //! The `aside` binary: one command line for embedding, serving, training and
 //! evaluating adapters on one frozen backbone.
 
-mod cli;
-
+use aside_server::cli;
 use clap::Parser;
 
 // Tensors are large and short-lived: the system allocator maps and unmaps them on

@@ -1,9 +1,10 @@
 //! Command-line parsing and dispatch to each subcommand.
 
-mod adapter;
+pub mod adapter;
 mod bench;
 mod bench_adapters;
 mod embed;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the HTTP API.
+    Serve(serve::ServeArgs),
     /// Embed JSONL from stdin (`{"id", "text"}` per line) to JSONL on stdout.
     Embed(embed::EmbedArgs),
     /// Measure throughput.
@@ -31,6 +34,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Adapter(c) => adapter::run(c),
         Command::Bench(BenchCommand::Encode(a)) => bench::run(a),

@@ -1,0 +1,226 @@
+//! The batching queue: one inference thread owns the backbone's time. Requests for
+//! any mix of adapters are gathered into a batch bounded by item count, a token
+//! budget and a short wait, run as one forward (shared matmuls once, each adapter on
+//! its own rows), and answered over oneshot channels. A request whose client went
+//! away is dropped before it costs anything.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aside_adapters::Adapter;
+use aside_backbone::{Backbone, Encoded, Hooks, Input, Item, PoolingConfig};
+use tokio::sync::oneshot;
+
+/// One input of a job.
+#[derive(Debug, Clone)]
+pub enum Text {
+    Single(String),
+    Pair(String, String),
+}
+
+/// A unit of work: inputs sharing one adapter (pinned) and output shape.
+pub struct Job {
+    pub texts: Vec<Text>,
+    pub adapter: Option<Arc<Adapter>>,
+    pub pooling: PoolingConfig,
+    /// Per-job max length (tokens, special tokens included).
+    pub max_length: usize,
+    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_items: usize,
+    pub max_tokens: usize,
+    pub max_wait: Duration,
+    pub forward_batch: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_items: 64,
+            max_tokens: 16_384,
+            max_wait: Duration::from_millis(2),
+            forward_batch: 32,
+        }
+    }
+}
+
+/// Observations the metrics endpoint reports.
+pub trait BatchObserver: Send + Sync {
+    fn batch(&self, items: usize, tokens: usize, seconds: f64);
+}
+
+/// The clonable handle; the thread owns the queue.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: std::sync::mpsc::Sender<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    pub fn start(backbone: Arc<Backbone>, cfg: BatchConfig, obs: Arc<dyn BatchObserver>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let depth = Arc::new(AtomicUsize::new(0));
+        let d = depth.clone();
+        std::thread::Builder::new()
+            .name("aside-inference".into())
+            .spawn(move || run(backbone, cfg, rx, d, obs))
+            .expect("spawn inference thread");
+        Batcher { tx, depth }
+    }
+
+    /// Inputs waiting or running.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues a job and awaits its vectors.
+    pub async fn submit(
+        &self,
+        texts: Vec<Text>,
+        adapter: Option<Arc<Adapter>>,
+        pooling: PoolingConfig,
+        max_length: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.depth.fetch_add(texts.len(), Ordering::Relaxed);
+        let n = texts.len();
+        let job = Job {
+            texts,
+            adapter,
+            pooling,
+            max_length,
+            reply,
+        };
+        if self.tx.send(job).is_err() {
+            self.depth.fetch_sub(n, Ordering::Relaxed);
+            return Err("the inference thread has stopped".into());
+        }
+        rx.await
+            .map_err(|_| "the inference thread dropped the request".to_string())?
+    }
+}
+
+struct Pending {
+    job: Job,
+    encoded: Vec<Encoded>,
+}
+
+fn tokenize(b: &Backbone, job: &Job) -> Result<Vec<Encoded>, String> {
+    let inputs: Vec<Input<'_>> = job
+        .texts
+        .iter()
+        .map(|t| match t {
+            Text::Single(a) => Input::Single(a),
+            Text::Pair(a, c) => Input::Pair(a, c),
+        })
+        .collect();
+    b.tokens()
+        .encode(&inputs, job.max_length)
+        .map_err(|e| e.to_string())
+}
+
+fn run(
+    b: Arc<Backbone>,
+    cfg: BatchConfig,
+    rx: std::sync::mpsc::Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+    obs: Arc<dyn BatchObserver>,
+) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        let deadline = Instant::now() + cfg.max_wait;
+        let mut batch: Vec<Pending> = Vec::new();
+        let (mut items, mut tokens) = (0usize, 0usize);
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if job.reply.is_closed() {
+                depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
+            } else {
+                match tokenize(&b, &job) {
+                    Err(e) => {
+                        depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
+                        let _ = job.reply.send(Err(e));
+                    }
+                    Ok(enc) => {
+                        let t: usize = enc.iter().map(|e| e.ids.len()).sum();
+                        if !batch.is_empty()
+                            && (items + enc.len() > cfg.max_items || tokens + t > cfg.max_tokens)
+                        {
+                            carry = Some(job);
+                            break;
+                        }
+                        items += enc.len();
+                        tokens += t;
+                        batch.push(Pending { job, encoded: enc });
+                    }
+                }
+            }
+            if items >= cfg.max_items || tokens >= cfg.max_tokens {
+                break;
+            }
+            let now = Instant::now();
+            next = if now >= deadline {
+                rx.try_recv().ok()
+            } else {
+                rx.recv_timeout(deadline - now).ok()
+            };
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let t0 = Instant::now();
+        let result = encode(&b, &batch, cfg.forward_batch);
+        obs.batch(items, tokens, t0.elapsed().as_secs_f64());
+        depth.fetch_sub(items, Ordering::Relaxed);
+        match result {
+            Ok(mut vecs) => {
+                for p in batch {
+                    let rest = vecs.split_off(p.encoded.len());
+                    let mine = std::mem::replace(&mut vecs, rest);
+                    let _ = p.job.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn encode(b: &Backbone, batch: &[Pending], forward_batch: usize) -> Result<Vec<Vec<f32>>, String> {
+    let mut items = Vec::new();
+    let mut encoded = Vec::new();
+    for p in batch {
+        let hooks = p.job.adapter.as_deref().map(|a| a as &dyn Hooks);
+        for (t, e) in p.job.texts.iter().zip(&p.encoded) {
+            items.push(Item {
+                input: match t {
+                    Text::Single(a) => Input::Single(a),
+                    Text::Pair(a, c) => Input::Pair(a, c),
+                },
+                hooks,
+                pooling: p.job.pooling.pooling,
+                normalize: p.job.pooling.normalize,
+            });
+            encoded.push(e.clone());
+        }
+    }
+    b.encode_tokens(&items, &encoded, forward_batch)
+        .map_err(|e| e.to_string())
+}

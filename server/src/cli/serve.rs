@@ -1,0 +1,198 @@
+//! `aside serve`: the HTTP server on one backbone, with state under `--data-dir`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aside_adapters::{Dims, Registry, RegistryOptions};
+use aside_backbone::{Backbone, LoadOptions};
+use aside_index::Index;
+use clap::Args;
+
+use crate::app::batcher::{BatchConfig, Batcher};
+use crate::app::metrics::Metrics;
+use crate::app::{AppState, ServeConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model folder (config.json, tokenizer.json, model.safetensors).
+    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
+    pub model: PathBuf,
+    /// Where adapters and collections are stored.
+    #[arg(long, env = "ASIDE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "ASIDE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "ASIDE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Tokens per input, special tokens included.
+    #[arg(long, env = "ASIDE_MAX_LENGTH", default_value_t = aside_backbone::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
+    /// Answer 413 for inputs longer than --max-length instead of truncating them.
+    #[arg(long, env = "ASIDE_REJECT_LONG_INPUTS")]
+    pub reject_long_inputs: bool,
+    /// Inputs per request.
+    #[arg(long, env = "ASIDE_MAX_INPUTS", default_value_t = 256)]
+    pub max_inputs: usize,
+    /// Request body limit in bytes (all routes but adapter upload).
+    #[arg(long, env = "ASIDE_BODY_LIMIT", default_value_t = 2 << 20)]
+    pub body_limit: usize,
+    /// Adapter upload body limit in bytes.
+    #[arg(long, env = "ASIDE_ADAPTER_BODY_LIMIT", default_value_t = 256 << 20)]
+    pub adapter_body_limit: usize,
+    /// Requests in flight before 429.
+    #[arg(long, env = "ASIDE_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Seconds before a request is answered 504.
+    #[arg(long, env = "ASIDE_REQUEST_TIMEOUT", default_value_t = 120)]
+    pub request_timeout: u64,
+    /// Key for writes (adapters, collections, documents); unset: writes are open.
+    #[arg(long, env = "ASIDE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Key for embed, search and rerank; unset: reads are open.
+    #[arg(long, env = "ASIDE_READ_KEY", hide_env_values = true)]
+    pub read_key: Option<String>,
+    /// Bytes of adapter tensors kept resident (LRU beyond that).
+    #[arg(long, env = "ASIDE_ADAPTER_MEMORY", default_value_t = 1 << 30)]
+    pub adapter_memory: usize,
+    /// Largest batch the queue gathers (inputs).
+    #[arg(long, env = "ASIDE_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// Token budget of one gathered batch.
+    #[arg(long, env = "ASIDE_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Microseconds the queue waits for more requests before running a batch.
+    #[arg(long, env = "ASIDE_MAX_WAIT_US", default_value_t = 2000)]
+    pub max_wait_us: u64,
+}
+
+/// Everything `serve` builds before listening (tests build the same).
+pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
+    let t0 = Instant::now();
+    let backbone = Arc::new(
+        Backbone::load(&a.model, &LoadOptions::default())
+            .with_context(|| format!("loading model from {}", a.model.display()))?,
+    );
+    let registry = Registry::open(
+        &a.data_dir.join("adapters"),
+        Dims::of(&backbone),
+        RegistryOptions {
+            memory_budget_bytes: a.adapter_memory,
+            max_file_bytes: a.adapter_body_limit as u64,
+        },
+    )
+    .context("opening the adapter store")?;
+    for w in registry.warnings() {
+        tracing::warn!("{w}");
+    }
+    let index = Index::open(&a.data_dir.join("collections")).context("opening collections")?;
+    for w in index.warnings() {
+        tracing::warn!("{w}");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let batcher = Batcher::start(
+        backbone.clone(),
+        BatchConfig {
+            max_items: a.max_batch,
+            max_tokens: a.max_batch_tokens,
+            max_wait: Duration::from_micros(a.max_wait_us),
+            forward_batch: 32,
+        },
+        metrics.clone(),
+    );
+    let cfg = ServeConfig {
+        max_length: a.max_length,
+        reject_long_inputs: a.reject_long_inputs,
+        max_inputs: a.max_inputs,
+        body_limit: a.body_limit,
+        adapter_body_limit: a.adapter_body_limit,
+        max_in_flight: a.max_in_flight,
+        request_timeout: Duration::from_secs(a.request_timeout),
+        admin_key: a.admin_key.clone().filter(|k| !k.is_empty()),
+        read_key: a.read_key.clone().filter(|k| !k.is_empty()),
+    };
+    backbone.check_options(&aside_backbone::EncodeOptions {
+        max_length: cfg.max_length,
+        batch_size: 1,
+    })?;
+    tracing::info!(
+        model = %a.model.display(),
+        adapters = registry.list().len(),
+        collections = index.list().len(),
+        seconds = t0.elapsed().as_secs_f64(),
+        "loaded"
+    );
+    Ok(Arc::new(AppState {
+        backbone,
+        registry: Arc::new(registry),
+        index: Arc::new(index),
+        batcher,
+        metrics,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_in_flight)),
+        cfg,
+        reembeds: Default::default(),
+        started: Instant::now(),
+    }))
+}
+
+/// Re-embeds collections left behind their adapter's current version (an upload
+/// that came before a restart).
+pub fn resume_reembeds(state: &Arc<AppState>) {
+    for c in state.index.list() {
+        if let Some(adapter) = c.config().space.adapter {
+            crate::app::collections::start_reembeds(state, &adapter);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ASIDE_LOG")
+                .unwrap_or_else(|_| "info,hnsw_rs=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let state = build_state(&a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        resume_reembeds(&state);
+        let addr: SocketAddr = format!("{}:{}", a.host, a.port)
+            .parse()
+            .with_context(|| format!("invalid address {}:{}", a.host, a.port))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, crate::app::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
