@@ -361,6 +361,10 @@ impl Hooks for Adapter {
         self.bitfit.get(name)
     }
 
+    fn has_linear(&self) -> bool {
+        !self.lora.is_empty()
+    }
+
     fn linear(&self, layer: usize, site: Site, x: &Tensor, y: &Tensor) -> CResult<Option<Tensor>> {
         use aside_backbone::kernels;
         let Some((a, b)) = self.lora.get(&(layer, site)) else {

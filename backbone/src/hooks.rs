@@ -89,6 +89,12 @@ pub trait Hooks: Send + Sync {
         None
     }
 
+    /// Whether [`Hooks::linear`] ever contributes (lets the backbone keep an activation
+    /// fused into the linear before it when no group has a LoRA term).
+    fn has_linear(&self) -> bool {
+        false
+    }
+
     /// `y + Δ(x)` for a linear `y = x Wᵀ + b` (LoRA): `x` is the linear's input.
     fn linear(
         &self,

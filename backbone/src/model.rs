@@ -337,7 +337,11 @@ impl Fwd<'_> {
                 _ => kernels::activate(&y, epi),
             };
         }
-        if self.groups.iter().all(|g| g.hooks.is_none()) {
+        if self
+            .groups
+            .iter()
+            .all(|g| g.hooks.is_none_or(|h| !h.has_linear()))
+        {
             return kernels::linear(x, &dn.weight, &dn.bias.t, epi);
         }
         // A LoRA term must be added before the activation.

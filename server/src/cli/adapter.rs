@@ -13,6 +13,37 @@ pub enum AdapterCommand {
     Inspect(InspectArgs),
     /// Convert a Hugging Face PEFT LoRA folder to a native adapter file.
     Convert(ConvertArgs),
+    /// Write a fresh adapter (method.md's initialisation: the identity until trained).
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// iaa-s, iaa-l, iaa-m, houlsby, lora or bitfit.
+    #[arg(long)]
+    pub kind: aside_adapters::Kind,
+    /// retrieval or rerank.
+    #[arg(long, default_value = "retrieval")]
+    pub task: aside_adapters::Task,
+    /// Inner (or LoRA) rank.
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// Aside rank (iaa-*).
+    #[arg(long)]
+    pub ar: Option<usize>,
+    #[arg(long, default_value = "relu")]
+    pub activation: aside_adapters::Activation,
+    /// LoRA targets, comma-separated (query,key,value,attn_out,inter,out).
+    #[arg(long, default_value = "query,value")]
+    pub lora_targets: String,
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
+    pub model: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +87,7 @@ pub fn run(cmd: AdapterCommand) -> anyhow::Result<()> {
     match cmd {
         AdapterCommand::Inspect(a) => inspect(a),
         AdapterCommand::Convert(a) => convert(a),
+        AdapterCommand::Init(a) => init(a),
     }
 }
 
@@ -129,6 +161,51 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
         a.output.display(),
         meta.r.unwrap_or(0),
         adapter.param_count()
+    );
+    Ok(())
+}
+
+/// The metadata of a new adapter from command-line settings, checked like a file.
+pub fn meta_from(a: &InitArgs, backbone: &Backbone) -> anyhow::Result<aside_adapters::Meta> {
+    let mut m = aside_adapters::Meta::new(a.kind, a.task);
+    m.r = a.r;
+    m.ar = a.ar;
+    m.activation = a.activation;
+    m.backbone = Some(backbone.sha256().to_owned());
+    if a.kind == aside_adapters::Kind::Lora {
+        m.lora_alpha = a.lora_alpha;
+        for t in a.lora_targets.split(',') {
+            m.lora_targets.push(
+                aside_backbone::Site::from_name(t.trim())
+                    .ok_or_else(|| anyhow::anyhow!("unknown LoRA target `{t}`"))?,
+            );
+        }
+    }
+    // Round-trip through the strict parser: missing or inapplicable ranks are named.
+    Ok(aside_adapters::Meta::parse(&m.to_map())?)
+}
+
+fn init(a: InitArgs) -> anyhow::Result<()> {
+    let backbone = load_backbone(&a.model)?;
+    let meta = meta_from(&a, &backbone)?;
+    let dims = Dims::of(&backbone);
+    let tensors = Adapter::init_tensors(
+        &meta,
+        &dims,
+        backbone.bert(),
+        a.seed,
+        backbone.bert().device(),
+    )?;
+    let adapter = Adapter::from_tensors(meta, tensors, &dims)?;
+    std::fs::write(&a.output, format::write_adapter(&adapter)?)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "wrote {} ({} {}, {} parameters, {:.3}% of the backbone)",
+        a.output.display(),
+        adapter.kind(),
+        adapter.task(),
+        adapter.param_count(),
+        100.0 * adapter.param_count() as f64 / backbone.bert().parameter_count() as f64
     );
     Ok(())
 }

@@ -24,6 +24,9 @@ pub struct BenchAdaptersArgs {
     pub docs: usize,
     #[arg(long, default_value_t = aside_backbone::DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
+    /// Rounds of the throughput comparison.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Resident adapters for the memory figure.
     #[arg(long, default_value_t = 1000)]
     pub resident: usize,
@@ -83,25 +86,39 @@ pub fn run(a: BenchAdaptersArgs) -> anyhow::Result<()> {
         texts.len(),
         a.max_length
     );
-    // Interleaved repeats, so drift on a shared machine hits every variant alike.
+    // Rounds measure the three variants back to back, so drift on a shared machine
+    // hits them alike; each ratio is taken within a round, and the median reported.
     let (mut r_bare, mut r_one, mut r_mixed) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
-        r_bare.push(time_encode(&b, &bare, &opts)?);
-        r_one.push(time_encode(&b, &single, &opts)?);
-        r_mixed.push(time_encode(&b, &mixed, &opts)?);
+    let (mut q_one, mut q_mixed) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds.max(1) {
+        let tb = time_encode(&b, &bare, &opts)?;
+        let t1 = time_encode(&b, &single, &opts)?;
+        let tm = time_encode(&b, &mixed, &opts)?;
+        r_bare.push(tb);
+        r_one.push(t1);
+        r_mixed.push(tm);
+        q_one.push(t1 / tb);
+        q_mixed.push(tm / t1);
     }
-    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let (tb, t1, tm) = (best(&r_bare), best(&r_one), best(&r_mixed));
-    println!("bare backbone:           {tb:.2} docs/s");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     println!(
-        "IAA-L r=12 ar=12:        {t1:.2} docs/s ({:.3}x bare)",
-        t1 / tb
+        "{} rounds: medians of docs/s and of per-round ratios",
+        a.rounds.max(1)
+    );
+    println!("bare backbone:           {:.2} docs/s", median(&mut r_bare));
+    println!(
+        "IAA-L r=12 ar=12:        {:.2} docs/s ({:.3}x bare)",
+        median(&mut r_one),
+        median(&mut q_one)
     );
     println!(
-        "32 adapters in a batch:  {tm:.2} docs/s ({:.3}x one adapter)",
-        tm / t1
+        "32 adapters in a batch:  {:.2} docs/s ({:.3}x one adapter)",
+        median(&mut r_mixed),
+        median(&mut q_mixed)
     );
-
     let bytes = format::write_adapter(one)?;
     let dims = Dims::of(&b);
     let n = 50;

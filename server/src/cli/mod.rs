@@ -3,7 +3,9 @@
 pub mod adapter;
 mod bench;
 mod bench_adapters;
+mod bench_index;
 mod embed;
+mod eval;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Embed JSONL from stdin (`{"id", "text"}` per line) to JSONL on stdout.
     Embed(embed::EmbedArgs),
+    /// Evaluate retrieval (and re-ranking) on a BEIR folder.
+    Eval(eval::EvalArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -36,9 +40,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Adapter(c) => adapter::run(c),
         Command::Bench(BenchCommand::Encode(a)) => bench::run(a),
         Command::Bench(BenchCommand::Adapters(a)) => bench_adapters::run(a),
+        Command::Bench(BenchCommand::Index(a)) => bench_index::run(a),
     }
 }
 
@@ -53,4 +59,6 @@ pub enum BenchCommand {
     Encode(bench::BenchArgs),
     /// Adapter overhead, mixed-adapter batches, load time, resident memory.
     Adapters(bench_adapters::BenchAdaptersArgs),
+    /// HNSW build, recall and QPS; durable upsert throughput.
+    Index(bench_index::BenchIndexArgs),
 }

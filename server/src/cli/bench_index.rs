@@ -1,0 +1,152 @@
+//! `aside bench index`: build time, recall@10 against exact search, and
+//! single-thread QPS at several `ef` on the same vectors `bench/hnsw_compare.py`
+//! gives hnswlib; and durable upsert throughput with fsync batching.
+//! Vectors are raw little-endian f32 files, `n × dim`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use aside_index::{CollectionConfig, Doc, HnswParams, Index, Metric, SearchRequest, Space};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchIndexArgs {
+    /// Base vectors (raw f32, n × dim).
+    #[arg(long)]
+    pub vectors: PathBuf,
+    /// Query vectors (raw f32, q × dim).
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 384)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Comma-separated search breadths.
+    #[arg(long, default_value = "16,32,64,128,256")]
+    pub ef: String,
+    /// Documents for the durable-upsert measurement.
+    #[arg(long, default_value_t = 20000)]
+    pub upserts: usize,
+}
+
+fn read_f32(path: &PathBuf, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if b.len() % (4 * dim) != 0 {
+        bail!(
+            "{}: {} bytes is not a multiple of {dim} f32",
+            path.display(),
+            b.len()
+        );
+    }
+    Ok(b.chunks_exact(4 * dim)
+        .map(|row| {
+            row.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                .collect()
+        })
+        .collect())
+}
+
+pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
+    let base = read_f32(&a.vectors, a.dim)?;
+    let queries = read_f32(&a.queries, a.dim)?;
+    let dir = tempfile::tempdir()?;
+    let index = Index::open(dir.path())?;
+    let cfg = |name: &str| CollectionConfig {
+        name: name.into(),
+        dim: a.dim,
+        metric: Metric::Cosine,
+        hnsw: HnswParams {
+            m: a.m,
+            ef_construction: a.ef_construction,
+            ef: 64,
+        },
+        space: Space::default(),
+    };
+    let c = index.create(cfg("bench"))?;
+    let docs: Vec<Doc> = base
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Doc {
+            id: format!("{i:08}"),
+            vector: v.clone(),
+            text: String::new(),
+            metadata: serde_json::json!({}),
+        })
+        .collect();
+    let t0 = Instant::now();
+    for chunk in docs.chunks(10_000) {
+        c.upsert(chunk.to_vec())?;
+    }
+    let build = t0.elapsed().as_secs_f64();
+    println!(
+        "{{\"engine\": \"aside\", \"n\": {}, \"build_s\": {build:.2}}}",
+        base.len()
+    );
+    // Exact neighbours once, then each ef single-threaded.
+    let exact: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| {
+            let r = SearchRequest {
+                vector: q,
+                k: 10,
+                ef: None,
+                filter: None,
+                threshold: None,
+                exact: true,
+            };
+            c.search(&r).map(|h| h.into_iter().map(|x| x.id).collect())
+        })
+        .collect::<Result<_, _>>()?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    for ef in a.ef.split(',').map(|s| s.trim().parse::<usize>()) {
+        let ef = ef.context("--ef takes numbers")?;
+        let (secs, found) = pool.install(|| -> anyhow::Result<(f64, usize)> {
+            let t0 = Instant::now();
+            let mut found = 0;
+            for (q, want) in queries.iter().zip(&exact) {
+                let r = SearchRequest {
+                    vector: q,
+                    k: 10,
+                    ef: Some(ef),
+                    filter: None,
+                    threshold: None,
+                    exact: false,
+                };
+                let hits = c.search(&r)?;
+                found += hits.iter().filter(|h| want.contains(&h.id)).count();
+            }
+            Ok((t0.elapsed().as_secs_f64(), found))
+        })?;
+        println!(
+            "{{\"engine\": \"aside\", \"ef\": {ef}, \"recall@10\": {:.4}, \"qps\": {:.0}}}",
+            found as f64 / (10 * queries.len()) as f64,
+            queries.len() as f64 / secs
+        );
+    }
+    // Durable upserts: 4 concurrent writers, batches of 100, each acknowledged after fsync.
+    let w = index.create(cfg("durable"))?;
+    let n = a.upserts.min(base.len());
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let w: Arc<_> = w.clone();
+            let docs = &docs;
+            s.spawn(move || {
+                for chunk in docs[..n].chunks(100).skip(t).step_by(4) {
+                    w.upsert(chunk.to_vec()).expect("upsert");
+                }
+            });
+        }
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{{\"engine\": \"aside\", \"durable_upserts_per_s\": {:.0}, \"n\": {n}}}",
+        n as f64 / secs
+    );
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! `aside eval`: nDCG@10, MRR@10, Recall@100/1000 of a backbone (+ adapter), with
+//! optional re-ranking, on a BEIR-format folder.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use aside_adapters::Task;
+use aside_backbone::{Backbone, EncodeOptions, LoadOptions};
+use clap::Args;
+use rayon::prelude::*;
+
+use crate::eval::{encode_with_progress, evaluate, exact_top, rank, Beir};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
+    pub model: PathBuf,
+    /// Retrieval adapter (native file or PEFT folder).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// BEIR folder: corpus.jsonl, queries.jsonl, qrels/{split}.tsv.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Rerank adapter applied to the top candidates.
+    #[arg(long)]
+    pub rerank: Option<PathBuf>,
+    /// Candidates re-ranked per query.
+    #[arg(long, default_value_t = 100)]
+    pub candidates: usize,
+    /// Retrieve through the HNSW index instead of exact search.
+    #[arg(long)]
+    pub hnsw: bool,
+    /// Write the ranking as a TREC run file.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = aside_backbone::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
+    #[arg(long, default_value_t = aside_backbone::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let b = Backbone::load(&a.model, &LoadOptions::default())
+        .with_context(|| format!("loading model from {}", a.model.display()))?;
+    let adapter = a
+        .adapter
+        .as_ref()
+        .map(|p| super::adapter::load_adapter(p, &b))
+        .transpose()?;
+    if adapter
+        .as_ref()
+        .is_some_and(|x| x.task() != Task::Retrieval)
+    {
+        bail!("--adapter must be a retrieval adapter");
+    }
+    let reranker = a
+        .rerank
+        .as_ref()
+        .map(|p| super::adapter::load_adapter(p, &b))
+        .transpose()?;
+    if reranker.as_ref().is_some_and(|x| x.task() != Task::Rerank) {
+        bail!("--rerank must be a rerank adapter");
+    }
+    let data = Beir::load(&a.data, &a.split)?;
+    let opts = EncodeOptions {
+        max_length: a.max_length,
+        batch_size: a.batch_size,
+    };
+    b.check_options(&opts)?;
+    eprintln!(
+        "{} documents, {} queries ({})",
+        data.corpus.len(),
+        data.queries.len(),
+        a.split
+    );
+    let doc_texts: Vec<&str> = data.corpus.iter().map(|(_, t)| t.as_str()).collect();
+    let doc_ids: Vec<String> = data.corpus.iter().map(|(i, _)| i.clone()).collect();
+    let docs = encode_with_progress(&b, adapter.as_ref(), &doc_texts, &opts, "encoding corpus")?;
+    let q_texts: Vec<&str> = data.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let queries = encode_with_progress(&b, adapter.as_ref(), &q_texts, &opts, "encoding queries")?;
+    let k = 1000.min(docs.len());
+    let mut runs: HashMap<String, Vec<(String, f32)>> = if a.hnsw {
+        hnsw_runs(&data, &docs, &queries, k)?
+    } else {
+        data.queries
+            .par_iter()
+            .zip(&queries)
+            .map(|((qid, _), q)| (qid.clone(), exact_top(&docs, &doc_ids, q, k)))
+            .collect()
+    };
+    if let Some(r) = &reranker {
+        let texts: HashMap<&str, &str> = data
+            .corpus
+            .iter()
+            .map(|(i, t)| (i.as_str(), t.as_str()))
+            .collect();
+        let total = data.queries.len();
+        for (n, (qid, qtext)) in data.queries.iter().enumerate() {
+            let ranked = runs.get_mut(qid).expect("run");
+            let c = a.candidates.min(ranked.len());
+            let pairs: Vec<aside_backbone::Item<'_>> = ranked[..c]
+                .iter()
+                .map(|(d, _)| aside_backbone::Item {
+                    input: aside_backbone::Input::Pair(qtext, texts[d.as_str()]),
+                    hooks: Some(r as &dyn aside_backbone::Hooks),
+                    pooling: aside_backbone::Pooling::Cls,
+                    normalize: false,
+                })
+                .collect();
+            let pooled = b.encode(&pairs, &opts)?;
+            let mut head: Vec<(String, f32)> = ranked[..c]
+                .iter()
+                .zip(&pooled)
+                .map(|((d, _), v)| Ok((d.clone(), r.head_score(v)?.expect("rerank head"))))
+                .collect::<anyhow::Result<_>>()?;
+            head = rank(head);
+            // Re-ranked candidates first, the rest of the retrieval order after them.
+            let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
+            let tail: Vec<(String, f32)> = ranked[c..]
+                .iter()
+                .enumerate()
+                .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32))
+                .collect();
+            head.extend(tail);
+            *ranked = head;
+            if (n + 1) % 25 == 0 || n + 1 == total {
+                eprintln!("re-ranking: {}/{total} queries", n + 1);
+            }
+        }
+    }
+    if let Some(path) = &a.run {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for (qid, _) in &data.queries {
+            for (i, (d, s)) in runs[qid].iter().enumerate() {
+                writeln!(f, "{qid} Q0 {d} {} {s} aside", i + 1)?;
+            }
+        }
+        f.flush()?;
+    }
+    let s = evaluate(&runs, &data.qrels);
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!("queries      {}", s.queries);
+        println!("nDCG@10      {:.4}", s.ndcg10);
+        println!("MRR@10       {:.4}", s.mrr10);
+        println!("Recall@100   {:.4}", s.recall100);
+        println!("Recall@1000  {:.4}", s.recall1000);
+    }
+    Ok(())
+}
+
+fn hnsw_runs(
+    data: &Beir,
+    docs: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    k: usize,
+) -> anyhow::Result<HashMap<String, Vec<(String, f32)>>> {
+    use aside_index::{CollectionConfig, Doc, HnswParams, Index, Metric, SearchRequest, Space};
+    let dir = tempfile::tempdir()?;
+    let index = Index::open(dir.path())?;
+    let c = index.create(CollectionConfig {
+        name: "eval".into(),
+        dim: docs[0].len(),
+        metric: Metric::Dot,
+        hnsw: HnswParams::default(),
+        space: Space::default(),
+    })?;
+    let batch: Vec<Doc> = data
+        .corpus
+        .iter()
+        .zip(docs)
+        .map(|((id, _), v)| Doc {
+            id: id.clone(),
+            vector: v.clone(),
+            text: String::new(),
+            metadata: serde_json::json!({}),
+        })
+        .collect();
+    c.upsert(batch)?;
+    let mut runs = HashMap::new();
+    for ((qid, _), q) in data.queries.iter().zip(queries) {
+        let hits = c.search(&SearchRequest {
+            vector: q,
+            k,
+            ef: Some(k.max(64)),
+            filter: None,
+            threshold: None,
+            exact: false,
+        })?;
+        runs.insert(
+            qid.clone(),
+            rank(hits.into_iter().map(|h| (h.id, h.score)).collect()),
+        );
+    }
+    Ok(runs)
+}
