@@ -36,6 +36,16 @@ fn pinned(s: &Shared, space: &Space) -> Result<Option<Arc<Adapter>>, ApiError> {
     }
 }
 
+/// `reembedding` while a job still has a version to switch to, else `ready`.
+fn status(cfg: &CollectionConfig, job: Option<&Reembed>) -> &'static str {
+    match job {
+        Some(j) if j.error.is_none() && cfg.space.adapter_version.as_deref() != Some(j.target_version.as_str()) => {
+            "reembedding"
+        }
+        _ => "ready",
+    }
+}
+
 fn describe(s: &Shared, c: &Collection) -> serde_json::Value {
     let cfg = c.config();
     let st = c.stats();
@@ -50,7 +60,7 @@ fn describe(s: &Shared, c: &Collection) -> serde_json::Value {
         "hnsw": cfg.hnsw,
         "count": st.count,
         "tombstones": st.tombstones,
-        "status": if job.as_ref().is_some_and(|j| j.error.is_none()) { "reembedding" } else { "ready" },
+        "status": status(&cfg, job.as_ref()),
         "reembed": job,
     })
 }
@@ -115,8 +125,9 @@ pub async fn list(State(s): State<Shared>) -> Json<serde_json::Value> {
 }
 
 fn not_reembedding(s: &Shared, name: &str) -> Result<(), ApiError> {
+    let cfg = s.index.get(name)?.config();
     if let Some(j) = s.reembeds.lock().get(name) {
-        if j.error.is_none() {
+        if status(&cfg, Some(j)) == "reembedding" {
             return Err(ApiError::Conflict(format!(
                 "collection `{name}` is being re-embedded with adapter version {} ({}/{} done); retry when its status is ready",
                 j.target_version, j.done, j.total
