@@ -430,33 +430,27 @@ impl Fwd<'_> {
 
     /// `x` with each group's replacement (or the backbone's own) vector added on the last dim.
     fn add_param(&self, x: &Tensor, p: &Named) -> candle_core::Result<Tensor> {
-        let overridden = self
-            .groups
-            .iter()
-            .any(|g| g.hooks.and_then(|h| h.param(&p.name)).is_some());
-        if !overridden {
-            return x.broadcast_add(&p.t);
-        }
-        let mut pieces = Vec::with_capacity(self.groups.len());
-        for g in self.groups {
-            let v = g.hooks.and_then(|h| h.param(&p.name)).unwrap_or(&p.t);
-            pieces.push(rows(x, &g.rows)?.broadcast_add(v)?);
-        }
-        Tensor::cat(&pieces, 0)
+        self.with_param(x, p, Tensor::broadcast_add)
     }
 
     fn mul_param(&self, x: &Tensor, p: &Named) -> candle_core::Result<Tensor> {
-        let overridden = self
-            .groups
-            .iter()
-            .any(|g| g.hooks.and_then(|h| h.param(&p.name)).is_some());
-        if !overridden {
-            return x.broadcast_mul(&p.t);
+        self.with_param(x, p, Tensor::broadcast_mul)
+    }
+
+    /// `op(x, p)` with each group's replacement of `p` (or the backbone's own) on its rows.
+    fn with_param(
+        &self,
+        x: &Tensor,
+        p: &Named,
+        op: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if !self.overridden(p) {
+            return op(x, &p.t);
         }
         let mut pieces = Vec::with_capacity(self.groups.len());
         for g in self.groups {
             let v = g.hooks.and_then(|h| h.param(&p.name)).unwrap_or(&p.t);
-            pieces.push(rows(x, &g.rows)?.broadcast_mul(v)?);
+            pieces.push(op(&rows(x, &g.rows)?, v)?);
         }
         Tensor::cat(&pieces, 0)
     }

@@ -17,24 +17,7 @@ pub(crate) fn path(dir: &Path, gen: u64) -> PathBuf {
 
 /// Generations of the snapshots in `dir`, ascending.
 pub(crate) fn list(dir: &Path) -> Result<Vec<u64>> {
-    let mut gens = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let name = e
-            .map_err(io_err(dir))?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if let Some(g) = name
-            .strip_prefix("snap-")
-            .and_then(|s| s.strip_suffix(".bin"))
-        {
-            if let Ok(g) = g.parse() {
-                gens.push(g);
-            }
-        }
-    }
-    gens.sort_unstable();
-    Ok(gens)
+    crate::wal::generations(dir, "snap-", ".bin")
 }
 
 pub(crate) fn write(dir: &Path, gen: u64, docs: &[Doc]) -> Result<()> {

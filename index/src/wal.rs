@@ -154,8 +154,8 @@ pub(crate) fn segment_path(dir: &Path, gen: u64) -> PathBuf {
     dir.join(format!("wal-{gen:010}.log"))
 }
 
-/// Generations of the segments in `dir`, ascending.
-pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>> {
+/// Generations of the files `{prefix}{g}{suffix}` in `dir`, ascending.
+pub(crate) fn generations(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<u64>> {
     let mut gens = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let name = e
@@ -164,8 +164,8 @@ pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>> {
             .to_string_lossy()
             .into_owned();
         if let Some(g) = name
-            .strip_prefix("wal-")
-            .and_then(|s| s.strip_suffix(".log"))
+            .strip_prefix(prefix)
+            .and_then(|s| s.strip_suffix(suffix))
         {
             if let Ok(g) = g.parse() {
                 gens.push(g);
@@ -174,6 +174,11 @@ pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>> {
     }
     gens.sort_unstable();
     Ok(gens)
+}
+
+/// Generations of the log segments in `dir`, ascending.
+pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>> {
+    generations(dir, "wal-", ".log")
 }
 
 /// Reads a segment's complete records; a torn or corrupt tail is cut off (the file is

@@ -169,7 +169,8 @@ fn upload_index_search_rerank_swap_restart() {
         wait_for(600, || s.call("GET", "/v1/collections/scifact", None).1
             ["adapter_version"]
             == version2.as_str()
-            && s.call("GET", "/v1/collections/scifact", None).1["status"] == "ready"),
+            && s.call("GET", "/v1/collections/scifact", None).1["status"]
+                == "ready"),
         "re-embedding did not finish"
     );
     let (_, c) = s.call("GET", "/v1/collections/scifact", None);

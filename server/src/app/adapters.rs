@@ -10,15 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
-use super::Shared;
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-}
+use super::{blocking, Shared};
 
 /// Reads a PEFT folder sent as multipart parts named `adapter_config.json` and
 /// `adapter_model.safetensors` (by part name or file name).

@@ -18,15 +18,7 @@ use serde::Deserialize;
 use super::batcher::Text;
 use super::error::ApiError;
 use super::inference::{adapter_for, score_pairs};
-use super::{ApiJson, Reembed, Shared};
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-}
+use super::{blocking, ApiJson, Reembed, Shared};
 
 /// The adapter version a collection's vectors were made with, pinned.
 fn pinned(s: &Shared, space: &Space) -> Result<Option<Arc<Adapter>>, ApiError> {
@@ -39,7 +31,10 @@ fn pinned(s: &Shared, space: &Space) -> Result<Option<Arc<Adapter>>, ApiError> {
 /// `reembedding` while a job still has a version to switch to, else `ready`.
 fn status(cfg: &CollectionConfig, job: Option<&Reembed>) -> &'static str {
     match job {
-        Some(j) if j.error.is_none() && cfg.space.adapter_version.as_deref() != Some(j.target_version.as_str()) => {
+        Some(j)
+            if j.error.is_none()
+                && cfg.space.adapter_version.as_deref() != Some(j.target_version.as_str()) =>
+        {
             "reembedding"
         }
         _ => "ready",

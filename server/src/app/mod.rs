@@ -136,6 +136,15 @@ impl AppState {
     }
 }
 
+/// Runs blocking work (fsync, index writes, adapter parsing) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
 /// JSON extractor whose rejections use the API's error body.
 pub struct ApiJson<T>(pub T);
 
