@@ -579,9 +579,12 @@ impl Collection {
         if !req.exact && st.docs.len() >= EXACT_BELOW {
             let ef = req.ef.unwrap_or(cfg.hnsw.ef).max(req.k);
             let f = |id: &usize| keep(*id);
+            // The unfiltered search is cheaper; it is exact when nothing needs skipping.
+            let filter: Option<&dyn hnsw_rs::prelude::FilterT> =
+                if req.filter.is_none() && st.tombstones == 0 { None } else { Some(&f) };
             scored = st
                 .graph
-                .search_filter(&q, req.k, ef, Some(&f))
+                .search_filter(&q, req.k, ef, filter)
                 .into_iter()
                 .filter(|n| keep(n.d_id))
                 .map(|n| (cfg.metric.score_of_distance(n.distance), n.d_id))
