@@ -581,7 +581,11 @@ impl Collection {
             let f = |id: &usize| keep(*id);
             // The unfiltered search is cheaper; it is exact when nothing needs skipping.
             let filter: Option<&dyn hnsw_rs::prelude::FilterT> =
-                if req.filter.is_none() && st.tombstones == 0 { None } else { Some(&f) };
+                if req.filter.is_none() && st.tombstones == 0 {
+                    None
+                } else {
+                    Some(&f)
+                };
             scored = st
                 .graph
                 .search_filter(&q, req.k, ef, filter)
