@@ -28,41 +28,33 @@ impl std::str::FromStr for Metric {
     }
 }
 
-/// 16 independent accumulators so the sum vectorises.
+/// `Σ term(aᵢ, bᵢ)` with 16 independent accumulators, so the sum vectorises.
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+fn sum_pairs(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| term(*x, *y))
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
-            acc[i] += x[i] * y[i];
+            acc[i] += term(x[i], y[i]);
         }
     }
     tail + acc.iter().sum::<f32>()
 }
 
 #[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    sum_pairs(a, b, |x, y| x * y)
+}
+
+#[inline(always)]
 fn l2_body(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += (x[i] - y[i]) * (x[i] - y[i]);
-        }
-    }
-    tail + acc.iter().sum::<f32>()
+    sum_pairs(a, b, |x, y| (x - y) * (x - y))
 }
 
 macro_rules! dispatch {
