@@ -537,10 +537,14 @@ impl Collection {
     /// Top-k search. Exact when asked, when the collection is small, or when the
     /// graph (with tombstones and the filter) cannot fill k.
     pub fn search(&self, req: &SearchRequest<'_>) -> Result<Vec<Hit>> {
-        let cfg = self.config();
-        if req.vector.len() != cfg.dim {
+        // Only the copyable settings: search is a hot path, the config holds strings.
+        let (dim, metric, default_ef) = {
+            let c = self.config.read();
+            (c.dim, c.metric, c.hnsw.ef)
+        };
+        if req.vector.len() != dim {
             return Err(IndexError::WrongQueryDimension {
-                expected: cfg.dim,
+                expected: dim,
                 got: req.vector.len(),
             });
         }
@@ -561,7 +565,7 @@ impl Collection {
         if q.iter().any(|x| !x.is_finite()) {
             return Err(IndexError::BadSearch("query vector is not finite".into()));
         }
-        if cfg.metric == Metric::Cosine {
+        if metric == Metric::Cosine {
             if q.iter().all(|x| *x == 0.0) {
                 return Err(IndexError::BadSearch("query vector is zero".into()));
             }
@@ -577,7 +581,7 @@ impl Collection {
         let want = req.k.min(st.docs.len());
         let mut scored: Vec<(f32, usize)> = Vec::new();
         if !req.exact && st.docs.len() >= EXACT_BELOW {
-            let ef = req.ef.unwrap_or(cfg.hnsw.ef).max(req.k);
+            let ef = req.ef.unwrap_or(default_ef).max(req.k);
             let f = |id: &usize| keep(*id);
             // The unfiltered search is cheaper; it is exact when nothing needs skipping.
             let filter: Option<&dyn hnsw_rs::prelude::FilterT> =
@@ -591,18 +595,13 @@ impl Collection {
                 .search_filter(&q, req.k, ef, filter)
                 .into_iter()
                 .filter(|n| keep(n.d_id))
-                .map(|n| (cfg.metric.score_of_distance(n.distance), n.d_id))
+                .map(|n| (metric.score_of_distance(n.distance), n.d_id))
                 .collect();
         }
         if scored.len() < want {
             scored = (0..st.slots.len())
                 .filter(|&s| keep(s))
-                .map(|s| {
-                    (
-                        cfg.metric.score(&q, &st.slots[s].as_ref().expect("kept").1),
-                        s,
-                    )
-                })
+                .map(|s| (metric.score(&q, &st.slots[s].as_ref().expect("kept").1), s))
                 .collect();
         }
         let id_of = |s: usize| &st.slots[s].as_ref().expect("kept").0;
