@@ -494,11 +494,14 @@ impl Collection {
     }
 
     pub fn stats(&self) -> Stats {
+        // The writer lock is taken before, never inside, the state lock: compaction
+        // holds the writer lock while it waits for the state lock.
+        let wal_bytes = self.writer.lock().wal.bytes();
         let st = self.state.read();
         Stats {
             count: st.docs.len(),
             tombstones: st.tombstones,
-            wal_bytes: self.writer.lock().wal.bytes(),
+            wal_bytes,
         }
     }
 
