@@ -87,6 +87,18 @@ impl Backbone {
         })
     }
 
+    /// The same tokenizer, pooling and files around other weights of the same shapes
+    /// (a fine-tuned copy); `sha256` names the new weights.
+    pub fn with_bert(&self, bert: Bert, sha256: String) -> Backbone {
+        Backbone {
+            bert,
+            tokens: self.tokens.clone(),
+            pooling: self.pooling,
+            sha256,
+            files: self.files.clone(),
+        }
+    }
+
     pub fn bert(&self) -> &Bert {
         &self.bert
     }

@@ -485,3 +485,78 @@ mod tests {
         Ok(())
     }
 }
+
+/// `x Wᵀ` for a frozen `W` as a differentiable op whose backward yields the input's
+/// gradient only. candle's own matmul also computes the gradient of the (constant)
+/// weight, which doubles the cost of training adapters on a frozen model.
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return x.broadcast_matmul(&w.t()?);
+    }
+    x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })
+}
+
+struct FrozenLinear {
+    /// `[o, k]`.
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let dims = l.shape().dims().to_vec();
+        let k = *dims.last().expect("rank >= 1");
+        let n = l.shape().elem_count() / k.max(1);
+        let (o, wk) = self.w.dims2()?;
+        if wk != k {
+            candle_core::bail!("linear: input has {k} features, weight expects {wk}");
+        }
+        if !l.is_contiguous() {
+            candle_core::bail!("frozen linear: input must be contiguous");
+        }
+        let xs = &s.as_slice::<f32>()?[l.start_offset()..l.start_offset() + n * k];
+        let mut out = vec![0f32; n * o];
+        with_slice(&self.w, |ws| {
+            // SAFETY: as in `fused_linear`: dst [n, o], lhs [n, k], rhs = Wᵀ read from W [o, k].
+            unsafe {
+                gemm(
+                    n,
+                    o,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    o as isize,
+                    false,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    ws.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    threads(),
+                )
+            }
+        })?;
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = o;
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let o = self.w.dim(0)?;
+        let g = grad.reshape(((), o))?.matmul(&self.w)?;
+        Ok(Some(g.reshape(arg.dims())?))
+    }
+}

@@ -214,6 +214,209 @@ impl Bert {
         &self.config
     }
 
+    /// A copy whose every weight is a fresh trainable variable (full fine-tuning), with
+    /// the variables by name. Each layer's query/key/value weights train as one stacked
+    /// `[3d, d]` variable named `encoder.layer.{l}.attention.self.qkv.weight`;
+    /// [`Bert::named_tensors`] splits it back.
+    pub fn trainable(&self) -> Result<(Bert, Vec<(String, candle_core::Var)>)> {
+        let mut vars = Vec::new();
+        let mut var = |name: String, t: &Tensor| -> Result<Tensor> {
+            let v = candle_core::Var::from_tensor(t)?;
+            let out = v.as_tensor().clone();
+            vars.push((name, v));
+            Ok(out)
+        };
+        let mut named = |n: &Named| -> Result<Named> {
+            Ok(Named {
+                name: n.name.clone(),
+                t: var(n.name.clone(), &n.t)?,
+            })
+        };
+        let norm = |n: &Norm, named: &mut dyn FnMut(&Named) -> Result<Named>| -> Result<Norm> {
+            Ok(Norm {
+                weight: named(&n.weight)?,
+                bias: named(&n.bias)?,
+            })
+        };
+        let emb_ln = norm(&self.emb_ln, &mut named)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let mut weights = Vec::new();
+        for (l, ly) in self.layers.iter().enumerate() {
+            let mut biases = Vec::new();
+            for n in [&ly.q_bias, &ly.k_bias, &ly.v_bias] {
+                biases.push(named(n)?);
+            }
+            let dense = |dn: &Dense,
+                         named: &mut dyn FnMut(&Named) -> Result<Named>|
+             -> Result<(Dense, Tensor)> {
+                let bias = named(&dn.bias)?;
+                Ok((
+                    Dense {
+                        weight: dn.weight.clone(),
+                        bias,
+                    },
+                    dn.weight.clone(),
+                ))
+            };
+            let (attn_out, w1) = dense(&ly.attn_out, &mut named)?;
+            let ln1 = norm(&ly.ln1, &mut named)?;
+            let (inter, w2) = dense(&ly.inter, &mut named)?;
+            let (out, w3) = dense(&ly.out, &mut named)?;
+            let ln2 = norm(&ly.ln2, &mut named)?;
+            let v_bias = biases.pop().expect("3 biases");
+            let k_bias = biases.pop().expect("3 biases");
+            let q_bias = biases.pop().expect("3 biases");
+            weights.push((l, [w1, w2, w3]));
+            layers.push(Layer {
+                qkv: ly.qkv.clone(),
+                qkv_bias: ly.qkv_bias.clone(),
+                q_bias,
+                k_bias,
+                v_bias,
+                attn_out,
+                ln1,
+                inter,
+                out,
+                ln2,
+            });
+        }
+        drop(named);
+        // The matrices, now that the closures borrowing `var` are gone.
+        for (l, [w1, w2, w3]) in weights {
+            let p = |s: Site| format!("{}.weight", Site::tensor_prefix(s, l));
+            let ly = &mut layers[l];
+            ly.qkv = var(
+                format!("encoder.layer.{l}.attention.self.qkv.weight"),
+                &self.layers[l].qkv,
+            )?;
+            ly.attn_out.weight = var(p(Site::AttnOut), &w1)?;
+            ly.inter.weight = var(p(Site::Inter), &w2)?;
+            ly.out.weight = var(p(Site::Out), &w3)?;
+        }
+        let word = var("embeddings.word_embeddings.weight".into(), &self.word)?;
+        let position = var(
+            "embeddings.position_embeddings.weight".into(),
+            &self.position,
+        )?;
+        let token_type = var(
+            "embeddings.token_type_embeddings.weight".into(),
+            &self.token_type,
+        )?;
+        let bert = Bert {
+            config: self.config.clone(),
+            act: self.act,
+            device: self.device.clone(),
+            word,
+            position,
+            token_type,
+            emb_ln,
+            layers,
+            shapes: self.shapes.clone(),
+        };
+        Ok((bert, vars))
+    }
+
+    /// A frozen copy of the current values (e.g. of a [`Bert::trainable`] model being
+    /// trained), fit for the fast inference path.
+    pub fn frozen_copy(&self) -> Result<Bert> {
+        let c = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().copy()?) };
+        let n = |x: &Named| -> Result<Named> {
+            Ok(Named {
+                name: x.name.clone(),
+                t: c(&x.t)?,
+            })
+        };
+        let norm = |x: &Norm| -> Result<Norm> {
+            Ok(Norm {
+                weight: n(&x.weight)?,
+                bias: n(&x.bias)?,
+            })
+        };
+        let dense = |x: &Dense| -> Result<Dense> {
+            Ok(Dense {
+                weight: c(&x.weight)?,
+                bias: n(&x.bias)?,
+            })
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for ly in &self.layers {
+            let (q_bias, k_bias, v_bias) = (n(&ly.q_bias)?, n(&ly.k_bias)?, n(&ly.v_bias)?);
+            layers.push(Layer {
+                qkv: c(&ly.qkv)?,
+                qkv_bias: Tensor::cat(&[&q_bias.t, &k_bias.t, &v_bias.t], 0)?,
+                q_bias,
+                k_bias,
+                v_bias,
+                attn_out: dense(&ly.attn_out)?,
+                ln1: norm(&ly.ln1)?,
+                inter: dense(&ly.inter)?,
+                out: dense(&ly.out)?,
+                ln2: norm(&ly.ln2)?,
+            });
+        }
+        Ok(Bert {
+            config: self.config.clone(),
+            act: self.act,
+            device: self.device.clone(),
+            word: c(&self.word)?,
+            position: c(&self.position)?,
+            token_type: c(&self.token_type)?,
+            emb_ln: norm(&self.emb_ln)?,
+            layers,
+            shapes: self.shapes.clone(),
+        })
+    }
+
+    /// Every weight under its checkpoint name (no `bert.` prefix), query/key/value split
+    /// apart again: what a model folder's `model.safetensors` holds.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let d = self.config.hidden_size;
+        let mut out = vec![
+            (
+                "embeddings.word_embeddings.weight".to_owned(),
+                self.word.clone(),
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_owned(),
+                self.position.clone(),
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".to_owned(),
+                self.token_type.clone(),
+            ),
+        ];
+        let mut push = |n: &Named| out.push((n.name.clone(), n.t.clone()));
+        push(&self.emb_ln.weight);
+        push(&self.emb_ln.bias);
+        for (l, ly) in self.layers.iter().enumerate() {
+            let w = |s: Site| format!("{}.weight", Site::tensor_prefix(s, l));
+            for (i, s) in [Site::Query, Site::Key, Site::Value]
+                .into_iter()
+                .enumerate()
+            {
+                out.push((w(s), ly.qkv.narrow(0, i * d, d)?));
+            }
+            out.push((w(Site::AttnOut), ly.attn_out.weight.clone()));
+            out.push((w(Site::Inter), ly.inter.weight.clone()));
+            out.push((w(Site::Out), ly.out.weight.clone()));
+            for n in [
+                &ly.q_bias,
+                &ly.k_bias,
+                &ly.v_bias,
+                &ly.attn_out.bias,
+                &ly.ln1.weight,
+                &ly.ln1.bias,
+                &ly.inter.bias,
+                &ly.out.bias,
+                &ly.ln2.weight,
+                &ly.ln2.bias,
+            ] {
+                out.push((n.name.clone(), n.t.clone()));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -480,12 +683,20 @@ impl Fwd<'_> {
 
     /// `x Wᵀ` over the whole batch (x: `[b, t, in]`), plus each group's LoRA term.
     fn matmul(&self, l: usize, site: Site, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, k) = x.dims3()?;
-        let y = x.reshape((b * t, k))?.matmul(&w.t()?)?;
-        let y = y.reshape((b, t, w.dim(0)?))?;
+        let y = self.frozen_or_var(x, w)?;
         apply_per_group(&y, self.groups, |hk, r, t| {
             hk.linear(l, site, &rows(x, r)?, t)
         })
+    }
+
+    /// `x Wᵀ` for `x` `[b, t, in]`: without a weight gradient when `W` is frozen.
+    fn frozen_or_var(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        if w.is_variable() {
+            let (b, t, k) = x.dims3()?;
+            let y = x.reshape((b * t, k))?.matmul(&w.t()?)?;
+            return y.reshape((b, t, w.dim(0)?));
+        }
+        kernels::frozen_matmul(x, w)
     }
 
     fn dense(&self, l: usize, site: Site, x: &Tensor, dn: &Dense) -> candle_core::Result<Tensor> {
@@ -513,10 +724,7 @@ impl Fwd<'_> {
         let g = self.groups;
 
         // Self-attention: one matmul for q, k, v; LoRA terms per projection.
-        let qkv = h
-            .reshape((b * t, d))?
-            .matmul(&ly.qkv.t()?)?
-            .reshape((b, t, 3 * d))?;
+        let qkv = self.frozen_or_var(h, &ly.qkv)?;
         let proj = |i: usize, site: Site, bias: &Named| -> candle_core::Result<Tensor> {
             let y = qkv.narrow(2, i * d, d)?;
             let y = apply_per_group(&y, g, |hk, r, t| hk.linear(l, site, &rows(h, r)?, t))?;

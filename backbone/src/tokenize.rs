@@ -32,6 +32,15 @@ pub struct Tokens {
     by_len: RwLock<HashMap<usize, Arc<Tokenizer>>>,
 }
 
+impl Clone for Tokens {
+    fn clone(&self) -> Self {
+        Tokens {
+            base: self.base.clone(),
+            by_len: RwLock::new(self.by_len.read().expect("tokenizer cache").clone()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens").finish_non_exhaustive()

@@ -25,25 +25,34 @@ pub struct InitArgs {
     /// retrieval or rerank.
     #[arg(long, default_value = "retrieval")]
     pub task: aside_adapters::Task,
-    /// Inner (or LoRA) rank.
-    #[arg(long)]
-    pub r: Option<usize>,
-    /// Aside rank (iaa-*).
-    #[arg(long)]
-    pub ar: Option<usize>,
-    #[arg(long, default_value = "relu")]
-    pub activation: aside_adapters::Activation,
-    /// LoRA targets, comma-separated (query,key,value,attn_out,inter,out).
-    #[arg(long, default_value = "query,value")]
-    pub lora_targets: String,
-    #[arg(long)]
-    pub lora_alpha: Option<f64>,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
     #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
     pub model: PathBuf,
+}
+
+/// The sizes and options of a new adapter.
+#[derive(Debug, Args)]
+pub struct ShapeArgs {
+    /// Inner (or LoRA) rank.
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// Aside rank (iaa-*).
+    #[arg(long)]
+    pub ar: Option<usize>,
+    /// Adapter activation: relu, gelu, swish or tanh.
+    #[arg(long, default_value = "relu")]
+    pub activation: aside_adapters::Activation,
+    /// LoRA targets, comma-separated (query,key,value,attn_out,inter,out).
+    #[arg(long, default_value = "query,value")]
+    pub lora_targets: String,
+    /// LoRA α (default: r, a scale of 1).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -166,13 +175,18 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
 }
 
 /// The metadata of a new adapter from command-line settings, checked like a file.
-pub fn meta_from(a: &InitArgs, backbone: &Backbone) -> anyhow::Result<aside_adapters::Meta> {
-    let mut m = aside_adapters::Meta::new(a.kind, a.task);
+pub fn meta_from(
+    kind: aside_adapters::Kind,
+    task: aside_adapters::Task,
+    a: &ShapeArgs,
+    backbone: &Backbone,
+) -> anyhow::Result<aside_adapters::Meta> {
+    let mut m = aside_adapters::Meta::new(kind, task);
     m.r = a.r;
     m.ar = a.ar;
     m.activation = a.activation;
     m.backbone = Some(backbone.sha256().to_owned());
-    if a.kind == aside_adapters::Kind::Lora {
+    if kind == aside_adapters::Kind::Lora {
         m.lora_alpha = a.lora_alpha;
         for t in a.lora_targets.split(',') {
             m.lora_targets.push(
@@ -187,7 +201,7 @@ pub fn meta_from(a: &InitArgs, backbone: &Backbone) -> anyhow::Result<aside_adap
 
 fn init(a: InitArgs) -> anyhow::Result<()> {
     let backbone = load_backbone(&a.model)?;
-    let meta = meta_from(&a, &backbone)?;
+    let meta = meta_from(a.kind, a.task, &a.shape, &backbone)?;
     let dims = Dims::of(&backbone);
     let tensors = Adapter::init_tensors(
         &meta,

@@ -11,7 +11,7 @@ use aside_backbone::{Backbone, EncodeOptions, LoadOptions};
 use clap::Args;
 use rayon::prelude::*;
 
-use crate::eval::{encode_with_progress, evaluate, exact_top, rank, Beir};
+use aside_trainer::eval::{encode_with_progress, evaluate, exact_top, rank, Beir};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {

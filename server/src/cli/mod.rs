@@ -7,6 +7,7 @@ mod bench_index;
 mod embed;
 mod eval;
 pub mod serve;
+mod train;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,8 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Evaluate retrieval (and re-ranking) on a BEIR folder.
     Eval(eval::EvalArgs),
+    /// Train an adapter (or fine-tune the whole backbone) on a BEIR folder.
+    Train(Box<train::TrainArgs>),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Adapter(c) => adapter::run(c),
         Command::Bench(BenchCommand::Encode(a)) => bench::run(a),
         Command::Bench(BenchCommand::Adapters(a)) => bench_adapters::run(a),

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The SciFact experiment of docs/results.md: train on `train`, evaluate on `test`.
+#   bench/scifact_experiment.sh [OUT_DIR] [RUN ...]
+# Each run writes OUT_DIR/NAME/ (the adapter or model folder, the training logs, and
+# eval.json). Runs already evaluated are skipped, so the script can be re-run to
+# finish an interrupted experiment. Set ASIDE to use another binary, DATA for another
+# copy of SciFact.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-experiments/scifact}
+shift || true
+ASIDE=${ASIDE:-target/release/aside}
+DATA=${DATA:-../shared/data/scifact}
+MODEL=${MODEL:-models/all-MiniLM-L6-v2}
+mkdir -p "$OUT"
+
+# Common training settings: one epoch over the 919 (query, positive) pairs of the
+# train split, 16 queries a step with one mined hard negative each, documents cut at
+# 128 tokens for training (evaluation uses 256), seed 42.
+COMMON=(--model "$MODEL" --data "$DATA" --split train --epochs 1 --batch-size 16
+        --doc-max-length 128 --seed 42 --target-loss 0.3)
+
+declare -A RUNS=(
+  [iaa-l]="--kind iaa-l --r 12 --ar 12"
+  [houlsby]="--kind houlsby --r 12"
+  [lora]="--kind lora --r 16 --lora-targets query,value"
+  [full]="--kind full"
+  [bitfit]="--kind bitfit"
+  [iaa-s]="--kind iaa-s --r 8 --ar 8"
+  [iaa-m]="--kind iaa-m --r 12 --ar 48"
+  [iaa-l-large]="--kind iaa-l --r 48 --ar 192"
+  [houlsby-large]="--kind houlsby --r 96"
+  [lora-large]="--kind lora --r 64 --lora-targets query,key,value,attn_out,inter,out"
+  [rerank-iaa-l]="--kind iaa-l --r 12 --ar 12 --task rerank --doc-max-length 192 --batch-size 4"
+  [rerank-houlsby]="--kind houlsby --r 12 --task rerank --doc-max-length 192 --batch-size 4"
+  [rerank-lora]="--kind lora --r 16 --lora-targets query,value --task rerank --doc-max-length 192 --batch-size 4"
+)
+# The learning-rate sweep: 30 steps each, loss only.
+for kind in iaa-l houlsby lora; do
+  for lr in 3e-4 1e-3 3e-3; do
+    RUNS[sweep-$kind-$lr]="${RUNS[$kind]} --lr $lr --max-steps 30"
+  done
+done
+
+ORDER=("$@")
+if [ ${#ORDER[@]} -eq 0 ]; then
+  ORDER=(iaa-l houlsby lora full bitfit iaa-m iaa-s rerank-iaa-l rerank-houlsby rerank-lora
+         sweep-iaa-l-3e-4 sweep-iaa-l-3e-3 sweep-houlsby-3e-4 sweep-houlsby-3e-3
+         sweep-lora-3e-4 sweep-lora-3e-3 iaa-l-large houlsby-large lora-large)
+fi
+
+for name in "${ORDER[@]}"; do
+  args=${RUNS[$name]:?unknown run $name}
+  dir="$OUT/$name"
+  mkdir -p "$dir"
+  out="$dir/adapter.safetensors"
+  [[ $args == *"--kind full"* ]] && out="$dir/model"
+  if [ ! -e "$dir/train.done" ]; then
+    echo "== train $name: $args"
+    # shellcheck disable=SC2086
+    "$ASIDE" train "${COMMON[@]}" $args -o "$out" --log-dir "$dir/train" --title "$name" \
+      2> "$dir/train.log"
+    touch "$dir/train.done"
+  fi
+  case $name in sweep-*) continue ;; esac
+  if [ ! -e "$dir/eval.json" ]; then
+    echo "== eval $name"
+    if [[ $name == rerank-* ]]; then
+      "$ASIDE" eval --model "$MODEL" --data "$DATA" --split test --rerank "$out" \
+        --candidates "${CANDIDATES:-100}" --json > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+    elif [ "$out" = "$dir/model" ]; then
+      "$ASIDE" eval --model "$out" --data "$DATA" --split test --json \
+        > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+    else
+      "$ASIDE" eval --model "$MODEL" --adapter "$out" --data "$DATA" --split test --json \
+        > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+    fi
+    mv "$dir/eval.json.tmp" "$dir/eval.json"
+  fi
+done
