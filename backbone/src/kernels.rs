@@ -269,7 +269,7 @@ pub(crate) fn add_layer_norm(
 
 /// Element-wise loops, written branch-free so they vectorise, and compiled twice:
 /// for the baseline target and with AVX2+FMA, picked at run time.
-mod simd {
+pub(crate) mod simd {
     /// Lanes of the manual reductions: float sums are not reassociated by the
     /// compiler, so independent accumulators are what lets them vectorise.
     const LANES: usize = 16;
@@ -277,7 +277,7 @@ mod simd {
     /// `e^x` for f32 to about 2 ulp: range reduction by ln 2, a degree-6 polynomial,
     /// and the exponent set by bit arithmetic; inputs are clamped to [-87, 88].
     #[inline(always)]
-    pub fn exp(x: f32) -> f32 {
+    pub(crate) fn exp(x: f32) -> f32 {
         // 1.5 * 2^23: adding and subtracting it rounds to nearest without a libm call.
         const ROUND: f32 = 12_582_912.0;
         let x = x.clamp(-87.0, 88.0);
@@ -294,7 +294,7 @@ mod simd {
 
     /// erf to within 1.5e-7 (Abramowitz & Stegun 7.1.26).
     #[inline(always)]
-    pub fn erf(x: f32) -> f32 {
+    pub(crate) fn erf(x: f32) -> f32 {
         let a = x.abs();
         let t = 1.0 / (1.0 + 0.327_591_1 * a);
         let p = t
@@ -558,5 +558,227 @@ impl candle_core::CustomOp1 for FrozenLinear {
         let o = self.w.dim(0)?;
         let g = grad.reshape(((), o))?.matmul(&self.w)?;
         Ok(Some(g.reshape(arg.dims())?))
+    }
+}
+
+/// Differentiable fused ops for training: one pass over memory each way instead of
+/// candle's chains of element-wise temporaries, on the rayon pool.
+pub mod train {
+    use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+    use rayon::prelude::*;
+
+    use super::simd;
+
+    fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+        if !l.is_contiguous() {
+            candle_core::bail!("fused training op: input must be contiguous");
+        }
+        let o = l.start_offset();
+        Ok(&s.as_slice::<f32>()?[o..o + l.shape().elem_count()])
+    }
+
+    fn values(t: &Tensor) -> Result<Vec<f32>> {
+        t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// Exact (erf) GELU.
+    pub fn gelu(x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+            return x.gelu_erf();
+        }
+        x.contiguous()?.apply_op1(Gelu)
+    }
+
+    struct Gelu;
+
+    impl CustomOp1 for Gelu {
+        fn name(&self) -> &'static str {
+            "train-gelu"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = slice(s, l)?;
+            let mut out = x.to_vec();
+            out.par_chunks_mut(4096).for_each(simd::gelu);
+            Ok((CpuStorage::F32(out), l.shape().clone()))
+        }
+
+        fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let x = values(arg)?;
+            let mut g = values(grad)?;
+            const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+            g.par_chunks_mut(4096)
+                .zip(x.par_chunks(4096))
+                .for_each(|(g, x)| {
+                    for (g, &x) in g.iter_mut().zip(x) {
+                        let cdf = 0.5 * (1.0 + simd::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        let pdf = FRAC_1_SQRT_2PI * simd::exp(-0.5 * x * x);
+                        *g *= cdf + x * pdf;
+                    }
+                });
+            Ok(Some(Tensor::from_vec(g, arg.dims(), arg.device())?))
+        }
+    }
+
+    /// `softmax(scale · scores)` over the last dim of `[b, h, t, t]` scores, where
+    /// row-batch `i` attends to its first `lengths[i]` keys only (padding gets 0).
+    pub fn masked_softmax(scores: &Tensor, lengths: &[usize], scale: f32) -> Result<Tensor> {
+        scores.contiguous()?.apply_op1(MaskedSoftmax {
+            lengths: lengths.to_vec(),
+            scale,
+        })
+    }
+
+    struct MaskedSoftmax {
+        lengths: Vec<usize>,
+        scale: f32,
+    }
+
+    impl CustomOp1 for MaskedSoftmax {
+        fn name(&self) -> &'static str {
+            "train-masked-softmax"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = slice(s, l)?;
+            let dims = l.shape().dims();
+            let (b, t) = (dims[0], dims[dims.len() - 1]);
+            let per_batch = x.len() / b.max(1);
+            let mut out = vec![0f32; x.len()];
+            out.par_chunks_mut(t)
+                .zip(x.par_chunks(t))
+                .enumerate()
+                .for_each(|(row, (o, x))| {
+                    let len = self.lengths[(row * t) / per_batch].min(t).max(1);
+                    let m = x[..len].iter().fold(f32::MIN, |m, &v| m.max(v)) * self.scale;
+                    let mut sum = 0.0;
+                    for (o, &v) in o[..len].iter_mut().zip(&x[..len]) {
+                        *o = simd::exp(v * self.scale - m);
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    o[..len].iter_mut().for_each(|v| *v *= inv);
+                });
+            Ok((CpuStorage::F32(out), l.shape().clone()))
+        }
+
+        fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let p = values(res)?;
+            let mut g = values(grad)?;
+            let t = arg.dim(candle_core::D::Minus1)?;
+            let scale = self.scale;
+            g.par_chunks_mut(t).zip(p.par_chunks(t)).for_each(|(g, p)| {
+                let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+                for (g, &p) in g.iter_mut().zip(p) {
+                    *g = scale * p * (*g - dot);
+                }
+            });
+            Ok(Some(Tensor::from_vec(g, arg.dims(), arg.device())?))
+        }
+    }
+
+    /// LayerNorm over the last dim with gradients for the input, weight and bias.
+    pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps })
+    }
+
+    struct LayerNorm {
+        eps: f32,
+    }
+
+    /// Mean and 1/σ of a row.
+    fn moments(x: &[f32], eps: f32) -> (f32, f32) {
+        let d = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / d;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        (mean, 1.0 / (var + eps).sqrt())
+    }
+
+    impl CustomOp3 for LayerNorm {
+        fn name(&self) -> &'static str {
+            "train-layer-norm"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+            let d = w.len();
+            let mut out = vec![0f32; x.len()];
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .for_each(|(o, x)| {
+                    let (mean, rstd) = moments(x, self.eps);
+                    for i in 0..d {
+                        o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                    }
+                });
+            Ok((CpuStorage::F32(out), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let xs = values(x)?;
+            let ws = values(w)?;
+            let gs = values(grad)?;
+            let d = ws.len();
+            let mut dx = vec![0f32; xs.len()];
+            // Fixed blocks of rows, summed in order: the weight gradients do not depend
+            // on how rayon splits the work, so runs are reproducible.
+            const BLOCK: usize = 64;
+            let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+                .par_chunks_mut(d * BLOCK)
+                .zip(xs.par_chunks(d * BLOCK).zip(gs.par_chunks(d * BLOCK)))
+                .map(|(dxb, (xb, gb))| {
+                    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                    for (dx, (x, g)) in dxb.chunks_mut(d).zip(xb.chunks(d).zip(gb.chunks(d))) {
+                        let (mean, rstd) = moments(x, self.eps);
+                        let (mut m1, mut m2) = (0f32, 0f32);
+                        for i in 0..d {
+                            let xh = (x[i] - mean) * rstd;
+                            let dxh = g[i] * ws[i];
+                            m1 += dxh;
+                            m2 += dxh * xh;
+                            dw[i] += g[i] * xh;
+                            db[i] += g[i];
+                        }
+                        let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                        for i in 0..d {
+                            let xh = (x[i] - mean) * rstd;
+                            dx[i] = rstd * (g[i] * ws[i] - m1 - xh * m2);
+                        }
+                    }
+                    (dw, db)
+                })
+                .collect();
+            let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+            for (pw, pb) in &partial {
+                dw.iter_mut().zip(pw).for_each(|(a, c)| *a += c);
+                db.iter_mut().zip(pb).for_each(|(a, c)| *a += c);
+            }
+            let dev = x.device();
+            // A frozen weight (no variable behind it) gets no gradient.
+            let tracked = |t: &Tensor| t.is_variable() || t.track_op();
+            let dw = tracked(w)
+                .then(|| Tensor::from_vec(dw, w.dims(), dev))
+                .transpose()?;
+            let db = tracked(b)
+                .then(|| Tensor::from_vec(db, w.dims(), dev))
+                .transpose()?;
+            Ok((Some(Tensor::from_vec(dx, x.dims(), dev)?), dw, db))
+        }
     }
 }

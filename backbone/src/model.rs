@@ -673,6 +673,9 @@ impl Fwd<'_> {
                 eps as f32,
             );
         }
+        if !overridden && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return kernels::train::layer_norm(x, &n.weight.t, &n.bias.t, eps as f32);
+        }
         let d = x.dim(D::Minus1)? as f64;
         let mean = (x.sum_keepdim(D::Minus1)? / d)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -737,8 +740,12 @@ impl Fwd<'_> {
         let k = heads(proj(1, Site::Key, &ly.k_bias)?)?;
         let v = heads(proj(2, Site::Value, &ly.v_bias)?)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = self.softmax(&scores)?;
+        let probs = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            kernels::train::masked_softmax(&q.matmul(&k.t()?)?, self.lengths, scale as f32)?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+            self.softmax(&scores)?
+        };
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         let a = self.dense(l, Site::AttnOut, &ctx, &ly.attn_out)?;
         let a = apply_per_group(&a, g, |hk, _, t| hk.inner(l, Sub::Attn, t))?;
@@ -751,7 +758,7 @@ impl Fwd<'_> {
         // Feed-forward.
         let x = self.dense(l, Site::Inter, &u, &ly.inter)?;
         let x = match self.m.act {
-            HiddenAct::Gelu => x.gelu_erf()?,
+            HiddenAct::Gelu => kernels::train::gelu(&x)?,
             HiddenAct::GeluTanh => x.gelu()?,
             HiddenAct::Relu => x.relu()?,
         };
