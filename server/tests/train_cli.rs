@@ -1,0 +1,285 @@
+//! `aside train` as a real process on the tiny BERT and a synthetic BEIR folder:
+//! outputs and logs, Ctrl-C checkpoint and `--resume`, full fine-tuning, bad input.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use aside_backbone::testing::TinyBert;
+use aside_trainer::testing::write_synthetic_beir;
+
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aside");
+
+struct Fx {
+    dir: tempfile::TempDir,
+}
+
+impl Fx {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        TinyBert::default()
+            .write(&dir.path().join("model"))
+            .unwrap();
+        write_synthetic_beir(&dir.path().join("data"), 24, 3).unwrap();
+        Fx { dir }
+    }
+    fn p(&self, s: &str) -> String {
+        self.dir.path().join(s).to_str().unwrap().to_owned()
+    }
+    fn train_args(&self, out: &str, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--model",
+            &self.p("model"),
+            "--data",
+            &self.p("data"),
+            "--cache-dir",
+            &self.p("cache"),
+            "--query-max-length",
+            "16",
+            "--doc-max-length",
+            "32",
+            "--batch-size",
+            "6",
+            "--negative-depth",
+            "5",
+            "-o",
+            &self.p(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+#[test]
+fn train_writes_a_served_adapter_with_logs_and_a_plot() {
+    let fx = Fx::new();
+    let out = run(&fx.train_args(
+        "a.safetensors",
+        &[
+            "--kind",
+            "iaa-l",
+            "--r",
+            "4",
+            "--ar",
+            "8",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-2",
+            "--target-loss",
+            "5",
+        ],
+    ));
+    let err = ok(&out);
+    assert!(err.contains("trainable parameters"), "{err}");
+    assert!(err.contains("steps/s"), "no progress: {err}");
+    // Logs: a CSV row per step, the epochs, the plot, a summary.
+    let logs = fx.dir.path().join("a.safetensors.train");
+    let csv = std::fs::read_to_string(logs.join("loss.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 12, "{csv}");
+    assert!(csv.starts_with("step,epoch,loss,lr,grad_norm,seconds"));
+    assert_eq!(
+        std::fs::read_to_string(logs.join("epochs.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        5
+    );
+    let png = std::fs::read(logs.join("loss.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(logs.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 12);
+    assert_eq!(summary["steps_to_target_loss"], 10);
+    assert!(summary["trainable_params"].as_u64().unwrap() > 0);
+    // The adapter validates, and `eval` takes it.
+    let inspect = run(&[
+        "adapter".into(),
+        "inspect".into(),
+        fx.p("a.safetensors"),
+        "--model".into(),
+        fx.p("model"),
+        "--json".into(),
+    ]);
+    ok(&inspect);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["kind"], "iaa-l");
+    let eval = run(&[
+        "eval".into(),
+        "--model".into(),
+        fx.p("model"),
+        "--adapter".into(),
+        fx.p("a.safetensors"),
+        "--data".into(),
+        fx.p("data"),
+        "--max-length".into(),
+        "32".into(),
+        "--json".into(),
+    ]);
+    ok(&eval);
+    let m: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(m["queries"], 6);
+    // And the server takes it as a task.
+    let server = common::Server::start(
+        &fx.dir.path().join("model"),
+        &fx.dir.path().join("state"),
+        &["--max-length", "64"],
+    );
+    let bytes = std::fs::read(fx.p("a.safetensors")).unwrap();
+    let (status, _, body) = server.raw(
+        "PUT",
+        "/v1/adapters/trained",
+        &[("content-type", "application/octet-stream")],
+        Some(&bytes),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let (status, v) = server.call(
+        "POST",
+        "/v1/embed",
+        Some(&serde_json::json!({"inputs": ["the cell"], "adapter": "trained"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    server.stop();
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
+    let fx = Fx::new();
+    let args = fx.train_args(
+        "r.safetensors",
+        &["--kind", "houlsby", "--r", "4", "--epochs", "400"],
+    );
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("step 20/") {
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("--resume"), "{seen}");
+    let ckpt = fx.dir.path().join("r.safetensors.train/checkpoint");
+    assert!(ckpt.join("state.json").is_file());
+    assert!(!fx.dir.path().join("r.safetensors").exists());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("state.json")).unwrap()).unwrap();
+    let done = state["step"].as_u64().unwrap();
+    assert!(done >= 20 && done < 1200, "checkpoint at step {done}");
+
+    // Without --resume the unfinished run is not overwritten.
+    let again = run(&args);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let err = ok(&run(&resume));
+    assert!(err.contains(&format!("resumed at step {done}")), "{err}");
+    let csv = std::fs::read_to_string(fx.dir.path().join("r.safetensors.train/loss.csv")).unwrap();
+    let steps: Vec<u64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=1200).collect::<Vec<u64>>());
+    assert!(fx.dir.path().join("r.safetensors").is_file());
+    assert!(
+        !ckpt.exists(),
+        "the checkpoint of a finished run is removed"
+    );
+}
+
+#[test]
+fn full_fine_tuning_writes_a_model_folder_embed_accepts() {
+    let fx = Fx::new();
+    ok(&run(
+        &fx.train_args("m", &["--kind", "full", "--epochs", "1"])
+    ));
+    let out = Command::new(BIN)
+        .args(["embed", "--model", &fx.p("m"), "--max-length", "32"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"id\": \"a\", \"text\": \"the cell\"}\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"embedding\""));
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let fx = Fx::new();
+    for (extra, want) in [
+        (vec!["--kind", "nope"], "--kind"),
+        (vec!["--kind", "iaa-l", "--r", "4"], "ar"),
+        (
+            vec![
+                "--kind",
+                "iaa-l",
+                "--r",
+                "4",
+                "--ar",
+                "4",
+                "--patience",
+                "2",
+            ],
+            "--dev-queries",
+        ),
+        (
+            vec!["--kind", "lora", "--r", "4", "--lora-targets", "query,nope"],
+            "nope",
+        ),
+        (
+            vec!["--kind", "full", "--task", "rerank"],
+            "retrieval models only",
+        ),
+    ] {
+        let out = run(&fx.train_args("x.safetensors", &extra));
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    let mut args = fx.train_args("x.safetensors", &["--kind", "bitfit"]);
+    let i = args.iter().position(|a| a == "--data").unwrap();
+    args[i + 1] = fx.p("missing");
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    assert!(!fx.dir.path().join("x.safetensors").exists());
+}
