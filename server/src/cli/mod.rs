@@ -6,6 +6,8 @@ mod bench_adapters;
 mod bench_index;
 mod embed;
 mod eval;
+mod healthcheck;
+mod plot;
 pub mod serve;
 mod train;
 
@@ -31,6 +33,10 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Train an adapter (or fine-tune the whole backbone) on a BEIR folder.
     Train(Box<train::TrainArgs>),
+    /// Exit 0 when a local server answers GET /health (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Plot the loss curves of training runs into one PNG.
+    Plot(plot::PlotArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -45,6 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(*a),
+        Command::Plot(a) => plot::run(a),
+        Command::Healthcheck(a) => healthcheck::run(a),
         Command::Adapter(c) => adapter::run(c),
         Command::Bench(BenchCommand::Encode(a)) => bench::run(a),
         Command::Bench(BenchCommand::Adapters(a)) => bench_adapters::run(a),

@@ -27,6 +27,15 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, env = "ASIDE_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, env = "ASIDE_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// gRPC port (same host); 0 picks a free one.
+    #[arg(long, env = "ASIDE_GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// Serve HTTP only.
+    #[arg(long, env = "ASIDE_NO_GRPC")]
+    pub no_grpc: bool,
     /// Tokens per input, special tokens included.
     #[arg(long, env = "ASIDE_MAX_LENGTH", default_value_t = aside_backbone::DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
@@ -72,8 +81,13 @@ pub struct ServeArgs {
 pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     let t0 = Instant::now();
     let backbone = Arc::new(
-        Backbone::load(&a.model, &LoadOptions::default())
-            .with_context(|| format!("loading model from {}", a.model.display()))?,
+        Backbone::load(
+            &a.model,
+            &LoadOptions {
+                device: parse_device(&a.device)?,
+            },
+        )
+        .with_context(|| format!("loading model from {}", a.model.display()))?,
     );
     let registry = Registry::open(
         &a.data_dir.join("adapters"),
@@ -139,6 +153,18 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
 
 /// Re-embeds collections left behind their adapter's current version (an upload
 /// that came before a restart).
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "cuda" => Ok(candle_core::Device::new_cuda(0)?),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Ok(candle_core::Device::new_cuda(n)?),
+            None => anyhow::bail!("--device: expected cpu, cuda or cuda:N, got `{s}`"),
+        },
+    }
+}
+
 pub fn resume_reembeds(state: &Arc<AppState>) {
     for c in state.index.list() {
         if let Some(adapter) = c.config().space.adapter {
@@ -188,10 +214,40 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let router = crate::app::router(state.clone());
+        // One shutdown signal for both transports.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let grpc = if a.no_grpc {
+            None
+        } else {
+            let gaddr: SocketAddr = format!("{}:{}", a.host, a.grpc_port)
+                .parse()
+                .with_context(|| format!("invalid address {}:{}", a.host, a.grpc_port))?;
+            let gl = tokio::net::TcpListener::bind(gaddr)
+                .await
+                .with_context(|| format!("binding {gaddr} for gRPC"))?;
+            tracing::info!("grpc listening on {}", gl.local_addr()?);
+            let core = crate::grpc::Core::new(router.clone(), a.adapter_body_limit);
+            Some(tokio::spawn(crate::grpc::serve(
+                core,
+                gl,
+                stopped(stop_rx.clone()),
+            )))
+        };
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, crate::app::router(state))
-            .with_graceful_shutdown(shutdown_signal())
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped(stop_rx))
             .await?;
+        if let Some(g) = grpc {
+            g.await??;
+        }
         tracing::info!("stopped");
         Ok(())
     })

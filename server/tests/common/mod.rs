@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The gRPC address (host:port).
+    pub grpc_addr: String,
 }
 
 impl Server {
     /// Starts `aside serve` with `--port 0` and waits for its address.
     pub fn start(model: &Path, data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aside"))
-            .args(["serve", "--port", "0", "--model"])
+            .args(["serve", "--port", "0", "--grpc-port", "0", "--model"])
             .arg(model)
             .arg("--data-dir")
             .arg(data)
@@ -30,20 +32,28 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
+            let mut grpc = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("grpc listening on ").nth(1) {
+                    grpc = a.trim().to_owned();
+                }
                 if !sent {
                     if let Some(a) = line.split("listening on http://").nth(1) {
-                        tx.send(a.trim().to_owned()).unwrap();
+                        tx.send((a.trim().to_owned(), grpc.clone())).unwrap();
                         sent = true;
                     }
                 }
                 eprintln!("[server] {line}");
             }
         });
-        let addr = rx
+        let (addr, grpc_addr) = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("server did not report its address");
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            grpc_addr,
+        }
     }
 
     pub fn call(
