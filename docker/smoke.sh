@@ -44,16 +44,28 @@ CONF
   export STORAGE_DRIVER=vfs
   ENGINE=(podman --storage-driver vfs)
   # The Debian mirror this machine's apt already uses.
-  mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-           | grep -v security | head -1 | awk '{print $2}')
-  mirror=${mirror:-$(grep -rhoE 'https?://[^ ]+/debian' /etc/apt/ 2>/dev/null | head -1)}
+  mirror=$( (grep -rhoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true) \
+           | awk '{print $2}' | grep -E '/debian/?$' | head -1)
+  if [[ -z $mirror ]]; then
+    echo "no Debian mirror found in this machine's apt sources" >&2
+    exit 1
+  fi
   if ! "${ENGINE[@]}" image exists debian:bookworm-slim; then
     log "debootstrap bookworm from $mirror"
     root=$(mktemp -d)
-    debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >/dev/null
     echo "deb $mirror bookworm main" > "$root/etc/apt/sources.list"
+    # Extra CA certificates this machine trusts (e.g. of an intercepting proxy on
+    # the way to the package registries) are trusted inside the images too.
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+      cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+      chroot "$root" update-ca-certificates >/dev/null
+    fi
     rm -rf "$root"/var/cache/apt/archives/*.deb
-    tar -C "$root" -c . | "${ENGINE[@]}" import - debian:bookworm-slim >/dev/null
+    chmod 755 "$root"
+    tar -C "$root" -c . | "${ENGINE[@]}" import \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
     rm -rf "$root"
   fi
   if ! "${ENGINE[@]}" image exists rust:1-slim-bookworm; then
@@ -61,7 +73,7 @@ CONF
     sysroot=$(rustc --print sysroot)
     ctx=$(mktemp -d)
     cp -a "$sysroot" "$ctx/rust"
-    cp "$(command -v cargo)" "$ctx/rust/bin/cargo" 2>/dev/null || true
+    rm -rf "$ctx/rust/share/doc"
     cat > "$ctx/Containerfile" <<'CF'
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates && rm -rf /var/lib/apt/lists/*

@@ -2,8 +2,21 @@
 # The whole test suite, as CI runs it: fetch the default model (idempotent, verified),
 # then every test of the workspace in release mode (debug code is ~150x slower).
 # Tests that need the real model fail here rather than skip (ASIDE_REQUIRE_MODEL=1).
+# Then the container image: built from docker/Dockerfile, run, and asked for /health
+# and one embedding (docker/smoke.sh; as root with no image registry, the base images
+# are made locally). ASIDE_SKIP_IMAGE=1, or a test filter, skips it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-model.sh
 export ASIDE_REQUIRE_MODEL=1
 cargo test --release --workspace "$@"
+
+if [[ ${ASIDE_SKIP_IMAGE:-0} == 1 || $# -gt 0 ]]; then
+  echo "SKIPPED: image smoke test (ASIDE_SKIP_IMAGE=1 or a test filter)"
+elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  docker/smoke.sh --local-bases
+elif command -v docker >/dev/null || command -v podman >/dev/null; then
+  docker/smoke.sh
+else
+  echo "SKIPPED: image smoke test (no docker or podman, and not root to install podman)"
+fi

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Prints the markdown table of docs/results.md from the runs that
+bench/scifact_experiment.sh wrote (default folder: experiments/scifact)."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/scifact")
+BASE_PARAMS = 22_565_376
+BASE = {"ndcg@10": 0.6451, "mrr@10": 0.6047, "recall@100": 0.925}
+
+
+def smoothed_steps_to(rows, target, window=10):
+    for i in range(window - 1, len(rows)):
+        w = rows[i - window + 1 : i + 1]
+        if sum(float(r["loss"]) for r in w) / window <= target:
+            return int(rows[i]["step"])
+    return None
+
+
+print("| run | trainable params | % of backbone | nDCG@10 | MRR@10 | R@100 | train time | steps | mean loss, first → last 10 steps | steps to 10-step mean loss ≤ 0.5 |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+print(f"| base (no training) | 0 | 0 | {BASE['ndcg@10']:.4f} | {BASE['mrr@10']:.4f} | {BASE['recall@100']:.4f} | – | – | – | – |")
+for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("sweep-")):
+    ev, summ = d / "eval.json", d / "train" / "summary.json"
+    if not ev.exists() or not summ.exists():
+        continue
+    e = json.loads(ev.read_text())
+    s = json.loads(summ.read_text())
+    rows = list(csv.DictReader(open(d / "train" / "loss.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    to = smoothed_steps_to(rows, 0.5)
+    p = s["trainable_params"]
+    mins = s["seconds"] / 60
+    print(
+        f"| {d.name} | {p:,} | {100 * p / BASE_PARAMS:.2f}% | {e['ndcg@10']:.4f} | {e['mrr@10']:.4f} | "
+        f"{e['recall@100']:.4f} | {mins:.1f} min | {s['steps']} | {first:.3f} → {last:.3f} | {to if to else 'not reached'} |"
+    )
