@@ -90,6 +90,8 @@ else
 fi
 
 build_args=(--network host -f docker/Dockerfile -t "$IMAGE")
+# podman writes OCI images unless told otherwise, and OCI has no HEALTHCHECK.
+[[ ${ENGINE[0]} == podman ]] && build_args+=(--format docker)
 # Reuse this machine's crate downloads when podman can mount them.
 if [[ ${ENGINE[0]} == podman && -d "${CARGO_HOME:-$HOME/.cargo}/registry" ]]; then
   build_args+=(-v "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry")
