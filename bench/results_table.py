@@ -23,12 +23,13 @@ print("| run | trainable params | % of backbone | nDCG@10 | MRR@10 | R@100 | tra
 print("|---|---|---|---|---|---|---|---|---|---|")
 print(f"| base (no training) | 0 | 0 | {BASE['ndcg@10']:.4f} | {BASE['mrr@10']:.4f} | {BASE['recall@100']:.4f} | – | – | – | – |")
 for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("sweep-")):
-    ev, summ = d / "eval.json", d / "train" / "summary.json"
+    logs = d / "train" if (d / "train").is_dir() else d
+    ev, summ = d / "eval.json", logs / "summary.json"
     if not ev.exists() or not summ.exists():
         continue
     e = json.loads(ev.read_text())
     s = json.loads(summ.read_text())
-    rows = list(csv.DictReader(open(d / "train" / "loss.csv")))
+    rows = list(csv.DictReader(open(logs / "loss.csv")))
     losses = [float(r["loss"]) for r in rows]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     to = smoothed_steps_to(rows, 0.6)

@@ -239,18 +239,35 @@ pub fn line_chart(
             c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), col, 2);
         }
     }
-    // Legend, top right.
+    // Legend in the right-hand corner (top or bottom) that covers fewer points.
     let lw = series
         .iter()
         .map(|s| text_width(&s.label, 2))
         .max()
         .unwrap_or(0)
         + 40;
+    let lh = 22 * series.len() + 8;
     let lx = W - RIGHT - lw - 10;
+    let covered = |top: usize| {
+        lines
+            .iter()
+            .flatten()
+            .filter(|&&(x, y)| {
+                let (px, py) = (sx(x), sy(y));
+                px >= lx as f64 && py >= top as f64 && py <= (top + lh) as f64
+            })
+            .count()
+    };
+    let bottom = (H - BOTTOM).saturating_sub(lh + 8);
+    let ly = if covered(TOP + 8) <= covered(bottom) {
+        TOP + 8
+    } else {
+        bottom
+    };
     if !series.is_empty() && series.len() > 1 || series.len() == 1 && !series[0].label.is_empty() {
-        c.rect(lx, TOP + 8, lw, 22 * series.len() + 8, [250, 250, 250]);
+        c.rect(lx, ly, lw, lh, [250, 250, 250]);
         for (i, s) in series.iter().enumerate() {
-            let y = TOP + 16 + 22 * i;
+            let y = ly + 8 + 22 * i;
             c.rect(lx + 6, y + 5, 24, 4, COLOURS[i % COLOURS.len()]);
             c.text((lx + 36) as i64, y as i64, &s.label, 2, black);
         }
