@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Stop after this many epochs without a better dev nDCG@10, keeping the best.
     #[arg(long, default_value_t = 0)]
     pub patience: usize,
+    /// Documents are cut at this many tokens when the base model mines negatives
+    /// (the cache is shared by runs that agree on it).
+    #[arg(long, default_value_t = 128)]
+    pub mine_max_length: usize,
     /// Where mined negatives are cached.
     #[arg(long, default_value = ".aside-cache")]
     pub cache_dir: PathBuf,
@@ -203,7 +207,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let mut data = TrainSet::load(&a.data, &a.split, a.dev_queries, a.seed)?;
     if negatives > 0 || a.dev_queries > 0 {
-        data.mine_negatives(&backbone, a.negative_depth, a.doc_max_length, &a.cache_dir)?;
+        data.mine_negatives(&backbone, a.negative_depth, a.mine_max_length, &a.cache_dir)?;
     }
     let mut trainer = Trainer::new(&backbone, &data, target.clone(), config)?;
     if a.resume {
