@@ -154,7 +154,12 @@ fn train_writes_a_served_adapter_with_logs_and_a_plot() {
         Some(&serde_json::json!({"inputs": ["the cell"], "adapter": "trained"})),
     );
     assert_eq!(status, 200, "{v}");
+    // The container health check against it.
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    ok(&run(&["healthcheck".into(), "--port".into(), port.clone()]));
     server.stop();
+    let down = run(&["healthcheck".into(), "--port".into(), port, "--timeout".into(), "1".into()]);
+    assert!(!down.status.success(), "healthcheck passed with the server stopped");
 }
 
 #[test]

@@ -77,8 +77,8 @@ pub struct TrainArgs {
     /// Stop after this many epochs without a better dev nDCG@10, keeping the best.
     #[arg(long, default_value_t = 0)]
     pub patience: usize,
-    /// Documents are cut at this many tokens when the base model mines negatives
-    /// (the cache is shared by runs that agree on it).
+    /// Documents are cut at this many tokens (at most the model's positions) when
+    /// the base model mines negatives (the cache is shared by runs that agree on it).
     #[arg(long, default_value_t = 128)]
     pub mine_max_length: usize,
     /// Where mined negatives are cached.
@@ -207,7 +207,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     let mut data = TrainSet::load(&a.data, &a.split, a.dev_queries, a.seed)?;
     if negatives > 0 || a.dev_queries > 0 {
-        data.mine_negatives(&backbone, a.negative_depth, a.mine_max_length, &a.cache_dir)?;
+        let mine_len = a
+            .mine_max_length
+            .min(backbone.config().max_position_embeddings);
+        data.mine_negatives(&backbone, a.negative_depth, mine_len, &a.cache_dir)?;
     }
     let mut trainer = Trainer::new(&backbone, &data, target.clone(), config)?;
     if a.resume {
