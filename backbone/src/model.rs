@@ -280,7 +280,6 @@ impl Bert {
                 ln2,
             });
         }
-        drop(named);
         // The matrices, now that the closures borrowing `var` are gone.
         for (l, [w1, w2, w3]) in weights {
             let p = |s: Site| format!("{}.weight", Site::tensor_prefix(s, l));

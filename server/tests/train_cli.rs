@@ -158,8 +158,17 @@ fn train_writes_a_served_adapter_with_logs_and_a_plot() {
     let port = server.addr.rsplit(':').next().unwrap().to_owned();
     ok(&run(&["healthcheck".into(), "--port".into(), port.clone()]));
     server.stop();
-    let down = run(&["healthcheck".into(), "--port".into(), port, "--timeout".into(), "1".into()]);
-    assert!(!down.status.success(), "healthcheck passed with the server stopped");
+    let down = run(&[
+        "healthcheck".into(),
+        "--port".into(),
+        port,
+        "--timeout".into(),
+        "1".into(),
+    ]);
+    assert!(
+        !down.status.success(),
+        "healthcheck passed with the server stopped"
+    );
 }
 
 #[test]

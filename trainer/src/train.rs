@@ -106,8 +106,8 @@ pub enum Outcome {
 }
 
 enum Model {
-    Adapter { meta: Meta, adapter: Adapter },
-    Full { bert: Bert },
+    Adapter { meta: Meta, adapter: Box<Adapter> },
+    Full { bert: Box<Bert> },
 }
 
 /// A run in progress.
@@ -163,7 +163,12 @@ impl<'a> Trainer<'a> {
                     bail!("full fine-tuning trains retrieval models only (a rerank model needs an adapter's head)");
                 }
                 let (bert, vars) = backbone.bert().trainable()?;
-                (Model::Full { bert }, vars)
+                (
+                    Model::Full {
+                        bert: Box::new(bert),
+                    },
+                    vars,
+                )
             }
             Target::Adapter(meta) => {
                 let mut meta = meta.clone();
@@ -185,7 +190,13 @@ impl<'a> Trainer<'a> {
                     vars.push((name, v));
                 }
                 let adapter = Adapter::from_tensors(meta.clone(), tensors, &dims)?;
-                (Model::Adapter { meta, adapter }, vars)
+                (
+                    Model::Adapter {
+                        meta,
+                        adapter: Box::new(adapter),
+                    },
+                    vars,
+                )
             }
         };
         let opt = AdamW::new(
@@ -340,7 +351,7 @@ impl<'a> Trainer<'a> {
 
     fn hooks(&self) -> Option<&dyn Hooks> {
         match &self.model {
-            Model::Adapter { adapter, .. } => Some(adapter as &dyn Hooks),
+            Model::Adapter { adapter, .. } => Some(adapter.as_ref() as &dyn Hooks),
             Model::Full { .. } => None,
         }
     }
