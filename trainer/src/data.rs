@@ -32,12 +32,7 @@ impl TrainSet {
     /// Reads `split` of a BEIR folder; holds out `dev_queries` queries (seeded).
     pub fn load(dir: &Path, split: &str, dev_queries: usize, seed: u64) -> anyhow::Result<Self> {
         let beir = Beir::load(dir, split)?;
-        let row: HashMap<&str, usize> = beir
-            .corpus
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.as_str(), i))
-            .collect();
+        let row = rows_by_id(&beir.corpus);
         let mut positives = Vec::with_capacity(beir.queries.len());
         for (qid, _) in &beir.queries {
             let mut p: Vec<usize> = Vec::new();
@@ -151,12 +146,7 @@ impl TrainSet {
     }
 
     fn rows_of(&self, cached: &HashMap<String, Vec<String>>) -> anyhow::Result<Vec<Vec<usize>>> {
-        let row: HashMap<&str, usize> = self
-            .corpus
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.as_str(), i))
-            .collect();
+        let row = rows_by_id(&self.corpus);
         self.queries
             .iter()
             .map(|(qid, _)| {
@@ -173,6 +163,15 @@ impl TrainSet {
             })
             .collect()
     }
+}
+
+/// Corpus row of each document id.
+fn rows_by_id(corpus: &[(String, String)]) -> HashMap<&str, usize> {
+    corpus
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id.as_str(), i))
+        .collect()
 }
 
 /// Fisher–Yates with the seeded generator.

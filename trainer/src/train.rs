@@ -3,7 +3,7 @@
 //! checkpoints that `resume` continues from exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -516,6 +516,10 @@ impl<'a> Trainer<'a> {
             Model::Adapter { .. } => self.backbone,
         };
         let pool_cfg = self.pooling();
+        let opts = EncodeOptions {
+            max_length: self.config.doc_max_length,
+            batch_size: 32,
+        };
         let mut total = 0.0;
         for &q in &data.dev {
             let mut pool: Vec<usize> = data.negatives[q]
@@ -538,13 +542,7 @@ impl<'a> Trainer<'a> {
                         pool.iter()
                             .map(|&r| mk(data.corpus[r].1.as_str(), self.hooks())),
                     );
-                    let v = b.encode(
-                        &items,
-                        &EncodeOptions {
-                            max_length: self.config.doc_max_length,
-                            batch_size: 32,
-                        },
-                    )?;
+                    let v = b.encode(&items, &opts)?;
                     v[1..]
                         .iter()
                         .map(|d| d.iter().zip(&v[0]).map(|(a, c)| a * c).sum())
@@ -563,13 +561,7 @@ impl<'a> Trainer<'a> {
                             normalize: false,
                         })
                         .collect();
-                    let v = b.encode(
-                        &items,
-                        &EncodeOptions {
-                            max_length: self.config.doc_max_length,
-                            batch_size: 32,
-                        },
-                    )?;
+                    let v = b.encode(&items, &opts)?;
                     v.iter()
                         .map(|x| Ok(adapter.head_score(x)?.unwrap_or(0.0)))
                         .collect::<anyhow::Result<_>>()?
@@ -731,22 +723,17 @@ struct CheckpointState {
     stale_epochs: usize,
 }
 
-/// Writes through a temporary file in the same folder, fsynced, then renamed.
+/// Writes through the registry's atomic write (temp file, fsync, rename, directory
+/// fsync), creating the folder first; a bare file name lands in the working directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().context("output path has no file name")?;
-    let tmp: PathBuf = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    aside_adapters::registry::write_atomic(&dir.join(name), bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A model folder with the fine-tuned weights and the backbone's other files.
