@@ -17,7 +17,8 @@ mkdir -p "$OUT"
 # Common training settings: one epoch over the 919 (query, positive) pairs of the
 # train split, 16 queries a step with one mined hard negative each, documents cut at
 # 128 tokens for training (evaluation uses 256), seed 42.
-COMMON=(--model "$MODEL" --data "$DATA" --split train --epochs 1 --batch-size 16
+# A run may name its own --epochs (default 1) and --lr (the kind's default).
+COMMON=(--model "$MODEL" --data "$DATA" --split train --batch-size 16
         --doc-max-length 128 --seed 42 --target-loss 0.3)
 
 declare -A RUNS=(
@@ -42,6 +43,14 @@ for kind in iaa-l houlsby lora; do
   done
 done
 
+# The second recipe: the sweep's best learning rate (3e-3 for every adapter kind),
+# for one and for two epochs; full fine-tuning for two epochs at its own rate.
+for kind in iaa-l houlsby lora bitfit iaa-s iaa-m; do
+  RUNS[$kind-lr3e-3]="${RUNS[$kind]} --lr 3e-3"
+  RUNS[$kind-lr3e-3-e2]="${RUNS[$kind]} --lr 3e-3 --epochs 2"
+done
+RUNS[full-e2]="${RUNS[full]} --epochs 2"
+
 ORDER=("$@")
 if [ ${#ORDER[@]} -eq 0 ]; then
   ORDER=(iaa-l houlsby lora full bitfit iaa-m iaa-s rerank-iaa-l rerank-houlsby rerank-lora
@@ -58,7 +67,9 @@ for name in "${ORDER[@]}"; do
   if [ ! -e "$dir/train.done" ]; then
     echo "== train $name: $args"
     # shellcheck disable=SC2086
-    "$ASIDE" train "${COMMON[@]}" $args -o "$out" --log-dir "$dir/train" --title "$name" \
+    epochs=(--epochs 1)
+    [[ $args == *"--epochs"* ]] && epochs=()
+    "$ASIDE" train "${COMMON[@]}" "${epochs[@]}" $args -o "$out" --log-dir "$dir/train" --title "$name" \
       2> "$dir/train.log"
     touch "$dir/train.done"
   fi

@@ -160,6 +160,7 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
     let alpha_default = cfg.lora_alpha.unwrap_or(8.0);
     let (_, raw) = read_tensors(weights, crate::format::DEFAULT_MAX_FILE_BYTES)?;
 
+    #[allow(clippy::type_complexity)]
     let mut modules: BTreeMap<(usize, usize), (String, Option<Tensor>, Option<Tensor>)> =
         BTreeMap::new();
     for (key, t) in raw {

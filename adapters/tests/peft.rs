@@ -82,7 +82,8 @@ fn unsupported_peft_settings_are_refused_by_name() {
     let (_d, b) = tiny();
     let weights =
         std::fs::read(format!("{FX}/peft/query-value/adapter_model.safetensors")).unwrap();
-    let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|c| c["bias"] = "all".into()), "bias `all`"),
         (Box::new(|c| c["use_dora"] = true.into()), "use_dora"),
         (

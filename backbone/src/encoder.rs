@@ -11,6 +11,7 @@ use crate::config::{BertConfig, ModelFiles, Pooling, PoolingConfig};
 use crate::error::{io_err, Error, Result};
 use crate::hooks::{Group, Hooks};
 use crate::model::{BatchInputs, Bert, Mode};
+use crate::packed::Precision;
 use crate::pooling::l2_normalize_vec;
 use crate::tokenize::{Encoded, Input, Tokens};
 
@@ -23,12 +24,15 @@ pub const DEFAULT_BATCH_SIZE: usize = 32;
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
+    /// Arithmetic of the frozen linears (f32 by default).
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 }
@@ -78,13 +82,24 @@ impl Backbone {
         let tokens = Tokens::from_file(&files.tokenizer)?;
         let sha256 = sha256_file(&files.weights)?;
         let bert = Bert::load(config, &files.weights, &opts.device)?;
-        Ok(Backbone {
+        let mut b = Backbone {
             bert,
             tokens,
             pooling,
             sha256,
             files,
-        })
+        };
+        if opts.precision == Precision::Int8 {
+            let inputs: Vec<Input<'_>> = crate::calibration::TEXTS
+                .iter()
+                .map(|t| Input::Single(t))
+                .collect();
+            let max = DEFAULT_MAX_LENGTH.min(b.config().max_position_embeddings);
+            let encs = b.tokens.encode(&inputs, max)?;
+            let batch = b.pad(&encs.iter().collect::<Vec<_>>())?;
+            b.bert = b.bert.into_int8(&batch)?;
+        }
+        Ok(b)
     }
 
     /// The same tokenizer, pooling and files around other weights of the same shapes

@@ -19,6 +19,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("invalid input: {0}")]
     Input(String),
+    #[error("unsupported here: {0}")]
+    Unsupported(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

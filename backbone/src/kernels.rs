@@ -6,6 +6,8 @@
 
 use candle_core::{Device, Result, Storage, Tensor};
 use gemm::{gemm, Parallelism};
+
+use crate::packed::PackedWeight;
 use rayon::prelude::*;
 
 /// Runs `f` over the f32 contents of a CPU tensor (made contiguous first).
@@ -75,7 +77,18 @@ pub fn activate(x: &Tensor, epi: Epilogue) -> Result<Tensor> {
 
 /// `x Wᵀ + b` for `x` `[..., k]`, `w` `[o, k]`, `b` `[o]`, then the epilogue.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epi: Epilogue) -> Result<Tensor> {
-    fused_linear(None, x, w, Some(b), 1.0, epi)
+    fused_linear(None, x, w, None, Some(b), 1.0, epi)
+}
+
+/// [`linear`] through `packed` (the same `w`, packed at load) when given.
+pub(crate) fn linear_packed(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&PackedWeight>,
+    b: &Tensor,
+    epi: Epilogue,
+) -> Result<Tensor> {
+    fused_linear(None, x, w, packed, Some(b), 1.0, epi)
 }
 
 /// `target + scale · x Wᵀ (+ b)`: the addition happens inside the matmul.
@@ -86,13 +99,14 @@ pub fn add_linear(
     b: Option<&Tensor>,
     scale: f32,
 ) -> Result<Tensor> {
-    fused_linear(Some(target), x, w, b, scale, Epilogue::None)
+    fused_linear(Some(target), x, w, None, b, scale, Epilogue::None)
 }
 
 fn fused_linear(
     target: Option<&Tensor>,
     x: &Tensor,
     w: &Tensor,
+    packed: Option<&PackedWeight>,
     b: Option<&Tensor>,
     scale: f32,
     epi: Epilogue,
@@ -117,6 +131,25 @@ fn fused_linear(
         Some(t) => with_slice(t, |t| t.to_vec())?,
         None => vec![0f32; n * o],
     };
+    if let Some(pw) = packed {
+        if pw.dims() != (o, k) {
+            candle_core::bail!("linear: packed weight is {:?}, not [{o}, {k}]", pw.dims());
+        }
+        let accumulate = target.is_some();
+        with_slice(x, |xs| match b {
+            Some(b) => with_slice(b, |bs| {
+                pw.matmul(xs, n, &mut out, accumulate, Some(bs), scale)
+            }),
+            None => {
+                pw.matmul(xs, n, &mut out, accumulate, None, scale);
+                Ok(())
+            }
+        })??;
+        apply_epilogue(&mut out, epi);
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = o;
+        return Tensor::from_vec(out, shape, &Device::Cpu);
+    }
     if let Some(b) = b {
         with_slice(b, |b| {
             out.par_chunks_mut(o).for_each(|row| {
@@ -180,6 +213,8 @@ pub(crate) fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result
                 if len == 0 {
                     return;
                 }
+                // Copy the whole wrapper: the closure must not capture its raw field.
+                #[allow(clippy::redundant_locals)]
                 let out = out;
                 let base = bi * t * d3 + h * hd;
                 let (q, k, v) = (&src[base..], &src[base + d..], &src[base + 2 * d..]);

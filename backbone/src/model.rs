@@ -10,6 +10,7 @@ use crate::config::{BertConfig, HiddenAct};
 use crate::error::{Error, Result};
 use crate::hooks::{apply_per_group, check_groups, rows, Group, Site, Sub};
 use crate::kernels;
+use crate::packed::{PackedWeight, Precision};
 
 /// Whether the forward must be differentiable (training adapters) or fast (serving).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +58,15 @@ struct Layer {
     ln2: Norm,
 }
 
+/// A layer's four frozen matrices, packed for the serving path's kernels.
+#[derive(Debug)]
+struct PackedLayer {
+    qkv: PackedWeight,
+    attn_out: PackedWeight,
+    inter: PackedWeight,
+    out: PackedWeight,
+}
+
 /// Inputs of one padded batch.
 #[derive(Debug, Clone)]
 pub struct BatchInputs {
@@ -83,6 +93,11 @@ pub struct Bert {
     layers: Vec<Layer>,
     /// Shapes of every tensor of the checkpoint (names without `bert.`).
     shapes: BTreeMap<String, Vec<usize>>,
+    /// Arithmetic of the frozen linears on the inference path.
+    precision: Precision,
+    /// One entry per layer when the CPU runs the packed kernels; empty otherwise
+    /// (the `gemm` crate then does f32) and for trainable copies.
+    packed: std::sync::Arc<Vec<PackedLayer>>,
 }
 
 struct Loader<'a> {
@@ -134,7 +149,9 @@ impl Loader<'_> {
 }
 
 impl Bert {
-    /// Loads the weights (memory-mapped safetensors, with or without a `bert.` prefix).
+    /// Loads the weights (memory-mapped safetensors, with or without a `bert.` prefix)
+    /// and packs the layer matrices for the f32 kernels where the CPU has AVX-512 (the
+    /// `gemm` crate runs them otherwise).
     pub fn load(config: BertConfig, weights: &Path, device: &Device) -> Result<Self> {
         // SAFETY: the file is mapped read-only and copied into tensors before return;
         // the model folder is not expected to change while the server starts.
@@ -197,7 +214,7 @@ impl Bert {
             });
         }
         let shapes = ld.shapes;
-        Ok(Bert {
+        let mut bert = Bert {
             config,
             act,
             device: device.clone(),
@@ -207,7 +224,72 @@ impl Bert {
             emb_ln,
             layers,
             shapes,
-        })
+            precision: Precision::F32,
+            packed: Default::default(),
+        };
+        bert.packed = std::sync::Arc::new(bert.pack(Precision::F32, None)?);
+        Ok(bert)
+    }
+
+    /// The same model with its linears in int8: the input range of every linear is
+    /// measured on `calibration` (an f32 forward pass) and the weights are packed with
+    /// per-channel smoothing for those ranges (see [`crate::packed`]).
+    pub fn into_int8(mut self, calibration: &BatchInputs) -> Result<Bert> {
+        if !(self.device.is_cpu() && Precision::Int8.supported()) {
+            return Err(Error::Unsupported(format!(
+                "int8 needs a CPU with AVX-512 VNNI (this {} lacks it); use f32",
+                if self.device.is_cpu() {
+                    "CPU"
+                } else {
+                    "device"
+                }
+            )));
+        }
+        let ranges = std::sync::Mutex::new(Vec::new());
+        let groups = [Group {
+            rows: 0..calibration.lengths.len(),
+            hooks: None,
+        }];
+        self.forward_with(calibration, &groups, Mode::Inference, Some(&ranges))?;
+        let ranges = ranges.into_inner().expect("calibration lock");
+        self.packed = std::sync::Arc::new(self.pack(Precision::Int8, Some(&ranges))?);
+        self.precision = Precision::Int8;
+        Ok(self)
+    }
+
+    /// Packs every layer's frozen matrices; empty when the CPU lacks the kernels.
+    fn pack(
+        &self,
+        precision: Precision,
+        ranges: Option<&[LayerRanges]>,
+    ) -> Result<Vec<PackedLayer>> {
+        if !self.device.is_cpu() || !precision.supported() {
+            return Ok(Vec::new());
+        }
+        let pack = |t: &Tensor, r: Option<&Vec<f32>>| -> Result<PackedWeight> {
+            let (o, k) = t.dims2()?;
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            let r = r.filter(|r| r.len() == k).map(|r| &r[..]);
+            Ok(PackedWeight::with_ranges(&v, o, k, precision, r).expect("support checked above"))
+        };
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(l, ly)| {
+                let r = |i: usize| ranges.and_then(|r| r.get(l)).map(|r| &r[i]);
+                Ok(PackedLayer {
+                    qkv: pack(&ly.qkv, r(0))?,
+                    attn_out: pack(&ly.attn_out.weight, r(1))?,
+                    inter: pack(&ly.inter.weight, r(2))?,
+                    out: pack(&ly.out.weight, r(3))?,
+                })
+            })
+            .collect()
+    }
+
+    /// The arithmetic of the frozen linears on the inference path.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -311,6 +393,9 @@ impl Bert {
             emb_ln,
             layers,
             shapes: self.shapes.clone(),
+            // The weights are variables now: nothing packed may go stale.
+            precision: Precision::F32,
+            packed: Default::default(),
         };
         Ok((bert, vars))
     }
@@ -353,7 +438,7 @@ impl Bert {
                 ln2: norm(&ly.ln2)?,
             });
         }
-        Ok(Bert {
+        let mut bert = Bert {
             config: self.config.clone(),
             act: self.act,
             device: self.device.clone(),
@@ -363,7 +448,11 @@ impl Bert {
             emb_ln: norm(&self.emb_ln)?,
             layers,
             shapes: self.shapes.clone(),
-        })
+            precision: Precision::F32,
+            packed: Default::default(),
+        };
+        bert.packed = std::sync::Arc::new(bert.pack(Precision::F32, None)?);
+        Ok(bert)
     }
 
     /// Every weight under its checkpoint name (no `bert.` prefix), query/key/value split
@@ -465,6 +554,17 @@ impl Bert {
 
     /// Runs the encoder over a padded batch; returns token vectors `[batch, tokens, d]`.
     pub fn forward(&self, inp: &BatchInputs, groups: &[Group<'_>], mode: Mode) -> Result<Tensor> {
+        self.forward_with(inp, groups, mode, None)
+    }
+
+    /// [`Bert::forward`], recording the input range of every linear when asked.
+    fn forward_with(
+        &self,
+        inp: &BatchInputs,
+        groups: &[Group<'_>],
+        mode: Mode,
+        ranges: Option<&std::sync::Mutex<Vec<LayerRanges>>>,
+    ) -> Result<Tensor> {
         let (b, t) = inp.input_ids.dims2()?;
         check_groups(groups, b).map_err(Error::Input)?;
         if t > self.config.max_position_embeddings {
@@ -479,6 +579,7 @@ impl Bert {
             groups,
             mode,
             lengths: &inp.lengths,
+            ranges,
         };
         let d = self.config.hidden_size;
         let ids = inp.input_ids.flatten_all()?;
@@ -498,7 +599,7 @@ impl Bert {
         let mut h = e.clone();
         for (l, layer) in self.layers.iter().enumerate() {
             h = if fast {
-                f.layer_fast(l, layer, &h)?
+                f.layer_fast(l, layer, self.packed.get(l), &h)?
             } else {
                 f.layer(l, layer, &h, &mask)?
             };
@@ -507,15 +608,45 @@ impl Bert {
     }
 }
 
+/// max |x_j| per input channel of a layer's qkv, attention-output, intermediate and
+/// output linears.
+type LayerRanges = [Vec<f32>; 4];
+
 /// One forward pass: the model, the batch's groups and the mode.
 struct Fwd<'a> {
     m: &'a Bert,
     groups: &'a [Group<'a>],
     mode: Mode,
     lengths: &'a [usize],
+    /// Calibration: input ranges of the linears, recorded on the fast path.
+    ranges: Option<&'a std::sync::Mutex<Vec<LayerRanges>>>,
 }
 
 impl Fwd<'_> {
+    /// Records max |x_j| over the real (unpadded) tokens of `x` `[b, t, k]` as input
+    /// `slot` of layer `l`'s linears.
+    fn record(&self, l: usize, slot: usize, x: &Tensor) -> candle_core::Result<()> {
+        let Some(ranges) = self.ranges else {
+            return Ok(());
+        };
+        let (_, t, k) = x.dims3()?;
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut all = ranges.lock().expect("calibration lock");
+        while all.len() <= l {
+            all.push(Default::default());
+        }
+        let r = &mut all[l][slot];
+        r.resize(k, 0.0);
+        for (i, len) in self.lengths.iter().enumerate() {
+            for row in v[i * t * k..].chunks(k).take(*len) {
+                for (m, x) in r.iter_mut().zip(row) {
+                    *m = m.max(x.abs());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any group replaces this backbone tensor (BitFit).
     fn overridden(&self, p: &Named) -> bool {
         self.groups
@@ -530,6 +661,7 @@ impl Fwd<'_> {
         site: Site,
         x: &Tensor,
         dn: &Dense,
+        packed: Option<&PackedWeight>,
         epi: kernels::Epilogue,
     ) -> candle_core::Result<Tensor> {
         if self.overridden(&dn.bias) {
@@ -544,10 +676,10 @@ impl Fwd<'_> {
             .iter()
             .all(|g| g.hooks.is_none_or(|h| !h.has_linear()))
         {
-            return kernels::linear(x, &dn.weight, &dn.bias.t, epi);
+            return kernels::linear_packed(x, &dn.weight, packed, &dn.bias.t, epi);
         }
         // A LoRA term must be added before the activation.
-        let y = kernels::linear(x, &dn.weight, &dn.bias.t, kernels::Epilogue::None)?;
+        let y = kernels::linear_packed(x, &dn.weight, packed, &dn.bias.t, kernels::Epilogue::None)?;
         let y = apply_per_group(&y, self.groups, |hk, r, t| {
             hk.linear(l, site, &rows(x, r)?, t)
         })?;
@@ -566,15 +698,28 @@ impl Fwd<'_> {
     }
 
     /// The same layer as [`Fwd::layer`], through the fused kernels.
-    fn layer_fast(&self, l: usize, ly: &Layer, h: &Tensor) -> candle_core::Result<Tensor> {
+    fn layer_fast(
+        &self,
+        l: usize,
+        ly: &Layer,
+        pk: Option<&PackedLayer>,
+        h: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let cfg = &self.m.config;
         let d = cfg.hidden_size;
         let g = self.groups;
+        self.record(l, 0, h)?;
         let qkv_plain = !(self.overridden(&ly.q_bias)
             || self.overridden(&ly.k_bias)
             || self.overridden(&ly.v_bias));
         let mut qkv = if qkv_plain {
-            kernels::linear(h, &ly.qkv, &ly.qkv_bias, kernels::Epilogue::None)?
+            kernels::linear_packed(
+                h,
+                &ly.qkv,
+                pk.map(|p| &p.qkv),
+                &ly.qkv_bias,
+                kernels::Epilogue::None,
+            )?
         } else {
             let (b, t, _) = h.dims3()?;
             let y = h
@@ -602,11 +747,13 @@ impl Fwd<'_> {
             qkv = Tensor::cat(&parts, 2)?;
         }
         let ctx = kernels::attention(&qkv, self.lengths, cfg.num_attention_heads)?;
+        self.record(l, 1, &ctx)?;
         let a = self.dense_fast(
             l,
             Site::AttnOut,
             &ctx,
             &ly.attn_out,
+            pk.map(|p| &p.attn_out),
             kernels::Epilogue::None,
         )?;
         let a = apply_per_group(&a, g, |hk, _, t| hk.inner(l, Sub::Attn, t))?;
@@ -615,14 +762,28 @@ impl Fwd<'_> {
             let hr = rows(h, r)?;
             hk.aside(l, Sub::Attn, &hr, &hr, t)
         })?;
+        self.record(l, 2, &u)?;
         let x = match self.m.act {
-            HiddenAct::Gelu => {
-                self.dense_fast(l, Site::Inter, &u, &ly.inter, kernels::Epilogue::Gelu)?
-            }
+            HiddenAct::Gelu => self.dense_fast(
+                l,
+                Site::Inter,
+                &u,
+                &ly.inter,
+                pk.map(|p| &p.inter),
+                kernels::Epilogue::Gelu,
+            )?,
             HiddenAct::GeluTanh => self.dense(l, Site::Inter, &u, &ly.inter)?.gelu()?,
             HiddenAct::Relu => self.dense(l, Site::Inter, &u, &ly.inter)?.relu()?,
         };
-        let fo = self.dense_fast(l, Site::Out, &x, &ly.out, kernels::Epilogue::None)?;
+        self.record(l, 3, &x)?;
+        let fo = self.dense_fast(
+            l,
+            Site::Out,
+            &x,
+            &ly.out,
+            pk.map(|p| &p.out),
+            kernels::Epilogue::None,
+        )?;
         let fo = apply_per_group(&fo, g, |hk, _, t| hk.inner(l, Sub::Ffn, t))?;
         let out = self.add_norm(&u, &fo, &ly.ln2)?;
         apply_per_group(&out, g, |hk, r, t| {

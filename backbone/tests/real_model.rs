@@ -98,3 +98,54 @@ fn truncation_at_256_tokens_equals_truncating_the_text() {
         "truncated long text differs from its first 256 tokens by {d}"
     );
 }
+
+/// The int8 path (AVX-512 VNNI) against the f32 reference vectors: short queries,
+/// 256-token SciFact documents, non-ASCII and empty text all within 0.999 cosine.
+#[test]
+fn int8_stays_within_0999_cosine_of_the_reference() {
+    use aside_backbone::Precision;
+    let Some(dir) = real_model(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
+    if !Precision::Int8.supported() {
+        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
+        let err = Backbone::load(
+            &dir,
+            &LoadOptions {
+                precision: Precision::Int8,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("VNNI"), "{err}");
+        return;
+    }
+    let b = Backbone::load(
+        &dir,
+        &LoadOptions {
+            precision: Precision::Int8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(b.bert().precision(), Precision::Int8);
+    let fix = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let inputs = read_jsonl(&format!("{fix}/minilm_inputs.jsonl"));
+    let want = read_jsonl(&format!("{fix}/minilm_reference.jsonl"));
+    let texts: Vec<&str> = inputs.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    let got = b.embed(&texts, &EncodeOptions::default()).unwrap();
+    let mut worst = 1.0f64;
+    for ((g, w), inp) in got.iter().zip(&want).zip(&inputs) {
+        let w: Vec<f32> = w["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let c = cos(g, &w);
+        worst = worst.min(c);
+        assert!(c >= 0.999, "{}: int8 cosine {c}", inp["id"]);
+    }
+    // Not the same numbers as f32: the int8 path really ran.
+    assert!(worst < 0.99999, "int8 equals f32 to {worst}: was it used?");
+}

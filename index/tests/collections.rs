@@ -360,7 +360,10 @@ fn sigkill_during_heavy_writes_keeps_every_acknowledged_write() {
         }
         // Nothing else: only whole batches, at most the one in flight beyond the last ack.
         let n = c.count() as u64;
-        assert!(n % 20 == 0, "a batch was applied partially ({n} docs)");
+        assert!(
+            n.is_multiple_of(20),
+            "a batch was applied partially ({n} docs)"
+        );
         assert!(
             n / 20 <= acked + 2,
             "{n} docs but only {} batches acknowledged",

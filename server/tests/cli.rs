@@ -161,6 +161,77 @@ fn embed_applies_an_adapter_and_inspect_describes_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("header"));
 }
 
+fn vector(v: &serde_json::Value) -> Vec<f64> {
+    v["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// `--precision int8` runs the int8 linears (with an adapter on top) close to f32;
+/// an unknown precision is refused by name.
+#[test]
+fn embed_in_int8_stays_close_to_f32() {
+    let m = tiny();
+    let model = m.path().to_str().unwrap();
+    let b = Backbone::load(m.path(), &LoadOptions::default()).unwrap();
+    let (_, meta) = test_metas(b.sha256())
+        .into_iter()
+        .find(|(l, _)| *l == "iaa-l")
+        .unwrap();
+    let a = random_adapter(&meta, &Dims::of(&b), b.bert(), 9);
+    let path = m.path().join("a.safetensors");
+    std::fs::write(&path, format::write_adapter(&a).unwrap()).unwrap();
+    let input = "{\"id\": 1, \"text\": \"the cell divides\"}\n{\"id\": 2, \"text\": \"héllo wörld, 東京\"}\n";
+    let args = |p: &'static str| {
+        vec![
+            "embed".to_owned(),
+            "--model".into(),
+            model.into(),
+            "--adapter".into(),
+            path.to_str().unwrap().into(),
+            "--max-length".into(),
+            "64".into(),
+            "--precision".into(),
+            p.into(),
+        ]
+    };
+    let f32_out = run(
+        &args("f32").iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        input,
+    );
+    assert!(f32_out.status.success());
+    let out = run(
+        &args("int8").iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        input,
+    );
+    if !aside_backbone::Precision::Int8.supported() {
+        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("VNNI"));
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (x, y) in lines(&f32_out).iter().zip(&lines(&out)) {
+        let (x, y) = (vector(x), vector(y));
+        let dot: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert!(dot > 0.99, "int8 vs f32 cosine {dot}");
+        assert_ne!(x, y, "int8 gave the f32 numbers");
+    }
+    let out = run(
+        &args("fp8").iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        input,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fp8") && err.contains("int8"), "{err}");
+}
+
 #[test]
 fn convert_writes_a_native_file_from_a_peft_folder() {
     let m = tiny();

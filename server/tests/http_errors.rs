@@ -311,3 +311,30 @@ async fn router_answers_without_a_socket() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// `--precision int8` serves the int8 backbone and says so on `/info`.
+#[test]
+fn serve_in_int8_reports_its_precision() {
+    if !aside_backbone::Precision::Int8.supported() {
+        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    let (d, _, _) = tiny();
+    let s = Server::start(
+        &d.path().join("model"),
+        &d.path().join("data"),
+        &["--max-length", "64", "--precision", "int8"],
+    );
+    let (st, _, body) = s.raw("GET", "/info", &[], None);
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["precision"], "int8");
+    let (st, _, body) = s.raw(
+        "POST",
+        "/v1/embed",
+        &[("content-type", "application/json")],
+        Some(br#"{"inputs": ["the cell"]}"#),
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    s.stop();
+}

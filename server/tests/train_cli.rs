@@ -206,7 +206,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ckpt.join("state.json")).unwrap()).unwrap();
     let done = state["step"].as_u64().unwrap();
-    assert!(done >= 20 && done < 1200, "checkpoint at step {done}");
+    assert!((20..1200).contains(&done), "checkpoint at step {done}");
 
     // Without --resume the unfinished run is not overwritten.
     let again = run(&args);

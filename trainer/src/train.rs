@@ -287,7 +287,7 @@ impl<'a> Trainer<'a> {
             progress.step(&log, total);
             self.steps.push(log);
             let done = self.opt.step;
-            if done % per_epoch == 0 || done == total {
+            if done.is_multiple_of(per_epoch) || done == total {
                 let e = self.end_epoch(epoch + 1)?;
                 progress.epoch(&e);
                 self.epochs.push(e);

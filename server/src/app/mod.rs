@@ -234,6 +234,7 @@ async fn info(State(s): State<Shared>) -> axum::Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "model": s.backbone.files().dir.display().to_string(),
         "backbone_sha256": s.backbone.sha256(),
+        "precision": s.backbone.bert().precision().name(),
         "hidden_size": c.hidden_size,
         "layers": c.num_hidden_layers,
         "backbone_params": s.backbone.bert().parameter_count(),

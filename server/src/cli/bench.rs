@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// Timed repeats after one warm-up pass over a single batch.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// Arithmetic of the backbone's linears (f32 or int8). For int8 the run ends by
+    /// encoding the same documents in f32 and printing the cosine between the two.
+    #[arg(long, default_value = "f32")]
+    pub precision: aside_backbone::Precision,
 }
 
 /// Reads `title + " " + text` of the first `n` documents of a BEIR corpus.
@@ -57,7 +61,13 @@ pub fn read_corpus(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<(Stri
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let backbone = Backbone::load(&a.model, &LoadOptions::default())?;
+    let backbone = Backbone::load(
+        &a.model,
+        &LoadOptions {
+            precision: a.precision,
+            ..Default::default()
+        },
+    )?;
     let docs = read_corpus(&a.data.join("corpus.jsonl"), a.docs)?;
     let texts: Vec<&str> = docs.iter().map(|(_, t)| t.as_str()).collect();
     let opts = EncodeOptions {
@@ -73,16 +83,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .sum();
     backbone.embed(&texts[..a.batch_size.min(texts.len())], &opts)?;
     println!(
-        "encode: {} docs, {} tokens (max length {}, batch {}, {} threads)",
+        "encode: {} docs, {} tokens (max length {}, batch {}, {} threads, {})",
         texts.len(),
         tokens,
         a.max_length,
         a.batch_size,
-        rayon_threads()
+        rayon_threads(),
+        a.precision
     );
+    let mut last = Vec::new();
     for r in 0..a.repeats {
         let t0 = Instant::now();
-        backbone.embed(&texts, &opts)?;
+        last = backbone.embed(&texts, &opts)?;
         let s = t0.elapsed().as_secs_f64();
         println!(
             "repeat {}: {:.2} s, {:.1} docs/s, {:.0} tokens/s",
@@ -92,7 +104,29 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             tokens as f64 / s
         );
     }
+    if a.precision != aside_backbone::Precision::F32 && !last.is_empty() {
+        drop(backbone);
+        let reference = Backbone::load(&a.model, &LoadOptions::default())?.embed(&texts, &opts)?;
+        let cos: Vec<f64> = last
+            .iter()
+            .zip(&reference)
+            .map(|(x, y)| cosine(x, y))
+            .collect();
+        let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+        println!(
+            "{} vs f32 over {} docs: cosine min {min:.6}, mean {mean:.6}",
+            a.precision,
+            cos.len()
+        );
+    }
     Ok(())
+}
+
+fn cosine(x: &[f32], y: &[f32]) -> f64 {
+    let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(x) * n(y))
 }
 
 fn rayon_threads() -> usize {

@@ -127,7 +127,7 @@ impl Progress for Bar {
         if self.tty {
             eprint!("\r{msg}\x1b[K");
             std::io::stderr().flush().ok();
-        } else if log.step % 10 == 0 || log.step == total || log.step == 1 {
+        } else if log.step.is_multiple_of(10) || log.step == total || log.step == 1 {
             eprintln!("{msg}");
         }
     }

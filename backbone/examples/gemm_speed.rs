@@ -1,0 +1,62 @@
+//! Speed of the frozen-linear matmuls at BERT shapes: the `gemm` crate (what the f32
+//! path used before packing) against the packed f32 and bf16 kernels.
+//!     cargo run --release -p aside-backbone --example gemm_speed [ROWS]
+use aside_backbone::packed::{PackedWeight, Precision};
+use std::time::Instant;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(8192, |s| s.parse().expect("ROWS"));
+    let shapes = [(1152, 384), (384, 384), (1536, 384), (384, 1536)];
+    for (o, k) in shapes {
+        let x: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..o * k)
+            .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
+            .collect();
+        let flops = 2.0 * (n * o * k) as f64;
+        let mut out = vec![0f32; n * o];
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let reps = 5;
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+        };
+        let g = time(&mut || unsafe {
+            gemm::gemm(
+                n,
+                o,
+                k,
+                out.as_mut_ptr(),
+                1,
+                o as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        });
+        let mut line = format!("{n}x{o}x{k}: gemm {g:.1} GFLOP/s");
+        for p in [Precision::F32, Precision::Int8] {
+            if let Some(pw) = PackedWeight::new(&w, o, k, p) {
+                let v = time(&mut || pw.matmul(&x, n, &mut out, false, None, 1.0));
+                line += &format!(", packed {p} {v:.1}");
+            }
+        }
+        println!("{line}");
+    }
+}
