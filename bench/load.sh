@@ -4,6 +4,9 @@
 # same queries on one adapter vs spread over 16 adapters.
 #
 #   bench/load.sh BEIR_SCIFACT_DIR        (needs wrk and python3; ~10 minutes)
+#
+# PRECISION=int8 serves the int8 backbone; DOCS=N indexes only the corpus's first N
+# documents (the query's forward pass, not the HNSW search, is the cost measured).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data="${1:?usage: bench/load.sh BEIR_SCIFACT_DIR}"
@@ -12,7 +15,8 @@ port="${PORT:-18090}"
 dur="${DURATION:-30s}"
 tmp="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-"$aside" serve --port "$port" --data-dir "$tmp/data" 2> "$tmp/server.log" &
+"$aside" serve --port "$port" --data-dir "$tmp/data" --precision "${PRECISION:-f32}" \
+  2> "$tmp/server.log" &
 pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 100); do curl -sf "$base/health" > /dev/null && break; sleep 0.2; done
@@ -23,10 +27,11 @@ for i in $(seq 0 15); do
 done
 curl -sf -X PUT "$base/v1/collections/scifact" -H 'content-type: application/json' -d '{"adapter": "a0"}' > /dev/null
 
-python3 - "$data" "$base" "$tmp" <<'PY'
+python3 - "$data" "$base" "$tmp" "${DOCS:-0}" <<'PY'
 import json, sys, time, urllib.request
-data, base, tmp = sys.argv[1:4]
+data, base, tmp, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 docs = [json.loads(l) for l in open(f"{data}/corpus.jsonl")]
+docs = docs[:limit] if limit > 0 else docs
 t0 = time.time()
 for i in range(0, len(docs), 100):
     body = {"documents": [{"id": d["_id"], "text": (d["title"] + " " + d["text"]).strip()} for d in docs[i:i + 100]]}

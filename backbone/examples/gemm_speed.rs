@@ -5,6 +5,7 @@ use aside_backbone::packed::{PackedWeight, Precision};
 use std::time::Instant;
 
 fn main() {
+    attention_speed();
     let n: usize = std::env::args()
         .nth(1)
         .map_or(8192, |s| s.parse().expect("ROWS"));
@@ -59,4 +60,29 @@ fn main() {
         }
         println!("{line}");
     }
+}
+
+/// The attention kernel at corpus-encoding shape: 32 rows of 256 tokens, 12 heads.
+#[allow(dead_code)]
+fn attention_speed() {
+    use aside_backbone::candle_core::{Device, Tensor};
+    let (b, t, d, heads) = (32, 256, 384, 12);
+    let v: Vec<f32> = (0..b * t * 3 * d)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let qkv = Tensor::from_vec(v, (b, t, 3 * d), &Device::Cpu).unwrap();
+    let lengths = vec![t; b];
+    aside_backbone::kernels::attention(&qkv, &lengths, heads).unwrap();
+    let t0 = Instant::now();
+    let reps = 3;
+    for _ in 0..reps {
+        aside_backbone::kernels::attention(&qkv, &lengths, heads).unwrap();
+    }
+    let s = t0.elapsed().as_secs_f64() / reps as f64;
+    let flops = 4.0 * (b * t * t * d) as f64;
+    println!(
+        "attention {b}x{t}, {heads} heads: {:.1} ms, {:.1} GFLOP/s",
+        s * 1e3,
+        flops / s / 1e9
+    );
 }

@@ -197,13 +197,14 @@ fn fused_linear(
 /// Multi-head self-attention over packed projections `qkv` `[b, t, 3d]` (q | k | v),
 /// where row `i` of the batch has `lengths[i]` real tokens followed by padding.
 /// Returns the context `[b, t, d]`; rows of padded positions are zero.
-pub(crate) fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
+pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
     let (b, t, d3) = qkv.dims3()?;
     let d = d3 / 3;
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut ctx = vec![0f32; b * t * d];
     let out = SendPtr(ctx.as_mut_ptr());
+    let packed_f32 = crate::packed::Precision::F32.supported();
     with_slice(qkv, |src| {
         (0..b * heads)
             .into_par_iter()
@@ -217,6 +218,24 @@ pub(crate) fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result
                 #[allow(clippy::redundant_locals)]
                 let out = out;
                 let base = bi * t * d3 + h * hd;
+                if packed_f32 {
+                    // SAFETY: the head's q, k, v rows lie inside `src` at stride 3d;
+                    // the context block [len, hd] at row stride d is this job's alone.
+                    unsafe {
+                        crate::packed::attend_head(
+                            &src[base..],
+                            d3,
+                            d,
+                            hd,
+                            len,
+                            scale,
+                            out.0.add(bi * t * d + h * hd),
+                            d,
+                            scores,
+                        );
+                    }
+                    return;
+                }
                 let (q, k, v) = (&src[base..], &src[base + d..], &src[base + 2 * d..]);
                 scores.clear();
                 scores.resize(len * len, 0.0);
@@ -316,14 +335,17 @@ pub(crate) mod simd {
         // 1.5 * 2^23: adding and subtracting it rounds to nearest without a libm call.
         const ROUND: f32 = 12_582_912.0;
         let x = x.clamp(-87.0, 88.0);
-        let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+        let t = x * std::f32::consts::LOG2_E + ROUND;
+        let n = t - ROUND;
         let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (0.166_666_67
                         + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-        let bits = ((n as i32 + 127) as u32) << 23;
+        // t's low mantissa bits hold n (offset by 2^22): integer arithmetic builds 2^n
+        // without a float-to-int conversion, so the loops that call this vectorise.
+        let bits = (t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23;
         p * f32::from_bits(bits)
     }
 

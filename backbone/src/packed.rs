@@ -457,6 +457,176 @@ impl Kind {
     }
 }
 
+/// One attention head on the f32 micro-kernel: `softmax(scale · Q Kᵀ) V` for `len`
+/// tokens, where row `i` of Q, K and V starts at `src[i·ld]`, `src[i·ld + kv]` and
+/// `src[i·ld + 2·kv]` (`hd` values each); the context rows go to `out` at stride `ldo`.
+/// K and Vᵀ are packed into panels in `buf`, the scores stay in it.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src` holds every row read; `out` has `len` rows of `hd`
+/// writable values at stride `ldo`, written by no one else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_head(
+    src: &[f32],
+    ld: usize,
+    kv: usize,
+    hd: usize,
+    len: usize,
+    scale: f32,
+    out: *mut f32,
+    ldo: usize,
+    buf: &mut Vec<f32>,
+) {
+    let (pk, pv) = (len.div_ceil(NR), hd.div_ceil(NR));
+    let (kp_len, vp_len) = (pk * hd * NR, pv * len * NR);
+    buf.clear();
+    buf.resize(kp_len + vp_len + len * len, 0.0);
+    let (kp, rest) = buf.split_at_mut(kp_len);
+    let (vp, scores) = rest.split_at_mut(vp_len);
+    for (p, panel) in kp.chunks_mut(hd * NR).enumerate() {
+        for j in 0..NR.min(len - p * NR) {
+            let row = &src[(p * NR + j) * ld + kv..][..hd];
+            for (kk, x) in row.iter().enumerate() {
+                panel[kk * NR + j] = *x;
+            }
+        }
+    }
+    for key in 0..len {
+        let row = &src[key * ld + 2 * kv..][..hd];
+        for (p, part) in row.chunks(NR).enumerate() {
+            vp[(p * len + key) * NR..][..part.len()].copy_from_slice(part);
+        }
+    }
+    let tile = |a: *const f32, lda, b: *const f32, steps, c: *mut f32, ldc, cols, scale| Tile {
+        a: a as *const u8,
+        lda,
+        b: b as *const u8,
+        steps,
+        c,
+        ldc,
+        cols,
+        bias: std::ptr::null(),
+        accumulate: false,
+        scale,
+        rows: std::ptr::null(),
+        col_scale: std::ptr::null(),
+        col_sum: std::ptr::null(),
+    };
+    // SAFETY: every tile reads rows inside `src`, `kp`, `vp` or `scores` and writes
+    // `cols` valid columns of `scores` or `out` (the caller's contract).
+    unsafe {
+        let mut i = 0;
+        while i < len {
+            let m = MR.min(len - i);
+            for p in 0..pk {
+                let t = tile(
+                    src.as_ptr().add(i * ld),
+                    ld,
+                    kp.as_ptr().add(p * hd * NR),
+                    hd,
+                    scores.as_mut_ptr().add(i * len + p * NR),
+                    len,
+                    NR.min(len - p * NR),
+                    scale,
+                );
+                Kind::F32.tile(m, &t);
+            }
+            i += m;
+        }
+        for row in scores.chunks_mut(len) {
+            softmax_avx512(row);
+        }
+        let mut i = 0;
+        while i < len {
+            let m = MR.min(len - i);
+            for p in 0..pv {
+                let t = tile(
+                    scores.as_ptr().add(i * len),
+                    len,
+                    vp.as_ptr().add(p * len * NR),
+                    len,
+                    out.add(i * ldo + p * NR),
+                    ldo,
+                    NR.min(hd - p * NR),
+                    1.0,
+                );
+                Kind::F32.tile(m, &t);
+            }
+            i += m;
+        }
+    }
+}
+
+/// `e^x` on 16 lanes: the scalar `kernels::simd::exp` (range reduction by ln 2, a
+/// degree-6 polynomial, the exponent built with integer arithmetic).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp512(x: __m512) -> __m512 {
+    const ROUND: f32 = 12_582_912.0;
+    let s = _mm512_set1_ps;
+    let x = _mm512_min_ps(_mm512_max_ps(x, s(-87.0)), s(88.0));
+    let t = _mm512_fmadd_ps(x, s(std::f32::consts::LOG2_E), s(ROUND));
+    let n = _mm512_sub_ps(t, s(ROUND));
+    let r = _mm512_fnmadd_ps(n, s(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, s(1.428_606_8e-6), r);
+    let mut p = s(0.001_388_889);
+    for c in [0.008_333_334, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, s(c));
+    }
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B40_0000)),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
+}
+
+/// Softmax of one row in place, 16 lanes at a time (masked tail).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_avx512(row: &mut [f32]) {
+    let n = row.len();
+    let mask = |i: usize| -> u16 {
+        let left = n - i;
+        if left >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << left) - 1) as u16
+        }
+    };
+    let p = row.as_mut_ptr();
+    // SAFETY: every load and store is masked to the row's n values.
+    unsafe {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i < n {
+            let v = _mm512_mask_loadu_ps(m, mask(i), p.add(i));
+            m = _mm512_max_ps(m, v);
+            i += 16;
+        }
+        let mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let k = mask(i);
+            let v = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), mx));
+            sum = _mm512_mask_add_ps(sum, k, sum, v);
+            _mm512_mask_storeu_ps(p.add(i), k, v);
+            i += 16;
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        let mut i = 0;
+        while i < n {
+            let k = mask(i);
+            _mm512_mask_storeu_ps(
+                p.add(i),
+                k,
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv),
+            );
+            i += 16;
+        }
+    }
+}
+
 /// Per-row quantisation of the activations: `x ≈ scale · (q − zero)`.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
