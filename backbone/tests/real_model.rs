@@ -53,9 +53,32 @@ fn matches_the_independent_reference_for_every_vector() {
     }
 }
 
+/// The published sentence-transformers check: its quick-start's similarity matrix
+/// for all-MiniLM-L6-v2 (mean pooling + L2 norm) is 0.6660, 0.1046 and 0.1411 for
+/// these three sentences. (The project brief pairs those figures with the model
+/// card's "This is an example sentence" / "Each sentence is converted" / "Hello
+/// world", whose cosines are 0.4046, 0.2040 and 0.1296 — checked too.)
 #[test]
 fn sentence_transformers_example_sentences() {
     let Some(b) = load() else { return };
+    let v = b
+        .embed(
+            &[
+                "The weather is lovely today.",
+                "It's so sunny outside!",
+                "He drove to the stadium.",
+            ],
+            &EncodeOptions::default(),
+        )
+        .unwrap();
+    let pairs = [(0, 1, 0.6660), (0, 2, 0.1046), (1, 2, 0.1411)];
+    for (i, j, want) in pairs {
+        let c = cos(&v[i], &v[j]);
+        assert!(
+            (c - want).abs() < 1e-4,
+            "cos({i},{j}) = {c:.4}, expected {want}"
+        );
+    }
     let v = b
         .embed(
             &[
@@ -66,10 +89,6 @@ fn sentence_transformers_example_sentences() {
             &EncodeOptions::default(),
         )
         .unwrap();
-    // Mean pooling + L2 norm, as sentence-transformers computes it. These are the
-    // values both this crate and the NumPy reference produce from the pinned weights
-    // (see README: the figures 0.6660/0.1046/0.1411 quoted in the project brief are
-    // not reproduced by any pooling of these weights; SciFact nDCG@10 0.6451 is).
     let pairs = [(0, 1, 0.4046), (0, 2, 0.2040), (1, 2, 0.1296)];
     for (i, j, want) in pairs {
         let c = cos(&v[i], &v[j]);
