@@ -19,10 +19,11 @@ def smoothed_steps_to(rows, target, window=10):
     return None
 
 
-print("| run | trainable params | % of backbone | nDCG@10 | MRR@10 | R@100 | train time | steps | mean loss, first → last 10 steps | steps to 10-step mean loss ≤ 0.60 |")
+print("| run | trainable params | % of backbone | nDCG@10 | MRR@10 | R@100 | train time | steps | mean loss, first → last 10 steps | steps to 10-step mean loss ≤ 0.60 / ≤ 0.40 |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 print(f"| base (no training) | 0 | 0 | {BASE['ndcg@10']:.4f} | {BASE['mrr@10']:.4f} | {BASE['recall@100']:.4f} | – | – | – | – |")
-for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("sweep-")):
+runs = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(("sweep-", "rerank-"))]
+for d in sorted(runs):
     logs = d / "train" if (d / "train").is_dir() else d
     ev, summ = d / "eval.json", logs / "summary.json"
     if not ev.exists() or not summ.exists():
@@ -32,10 +33,11 @@ for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith
     rows = list(csv.DictReader(open(logs / "loss.csv")))
     losses = [float(r["loss"]) for r in rows]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    to = smoothed_steps_to(rows, 0.6)
+    to = [smoothed_steps_to(rows, t) for t in (0.6, 0.4)]
+    to = " / ".join(str(t) if t else "not reached" for t in to)
     p = s["trainable_params"]
     mins = s["seconds"] / 60
     print(
         f"| {d.name} | {p:,} | {100 * p / BASE_PARAMS:.2f}% | {e['ndcg@10']:.4f} | {e['mrr@10']:.4f} | "
-        f"{e['recall@100']:.4f} | {mins:.1f} min | {s['steps']} | {first:.3f} → {last:.3f} | {to if to else 'not reached'} |"
+        f"{e['recall@100']:.4f} | {mins:.1f} min | {s['steps']} | {first:.3f} → {last:.3f} | {to} |"
     )
