@@ -9,8 +9,8 @@
 //! - [`Precision::Int8`]: activations quantised per row at run time to uint8
 //!   (asymmetric: scale and zero point from the row's min and max); weights packed
 //!   once as two int8 planes per output column, `W ≈ s·(Q₁ + Q₂/254)` (the second
-//!   plane holds the first's rounding error, so weights keep ~15 bits: one plane
-//!   alone cost 0.999 cosine on its own). `vpdpbusd` (AVX-512 VNNI) sums the products
+//!   plane holds the first's rounding error, so weights keep ~15 bits: with one
+//!   plane alone the embeddings fell below 0.999 cosine of f32). `vpdpbusd` (AVX-512 VNNI) sums the products
 //!   exactly in i32, four multiply-adds per lane and instruction, and the epilogue
 //!   removes the zero point and applies the scales in f32. A row whose rounding
 //!   error would exceed [`COARSE`] of its norm (a few channels far above the rest,
@@ -25,8 +25,8 @@
 //! an f32 FMA, so a bf16 path is slower than f32 here and is not offered.)
 //!
 //! The micro-kernel keeps a tile of up to 12 (f32) or 6 (int8, two planes) rows ×
-//! [`NR`] columns in 24 `zmm` accumulators over the whole `k`; rows are split into chunks that stay in L2 and
-//! the (row chunk, panel group) jobs run on the rayon pool.
+//! [`NR`] columns in 24 `zmm` accumulators over the whole `k`; rows are split into
+//! chunks that stay in L2 and the (row chunk, panel group) jobs run on the rayon pool.
 
 use rayon::prelude::*;
 
@@ -163,14 +163,9 @@ impl PackedWeight {
         let data = match precision {
             Precision::F32 => {
                 let mut d = vec![0f32; panels * k * NR];
-                d.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-                    for j in 0..NR.min(o - p * NR) {
-                        let row = &w[(p * NR + j) * k..][..k];
-                        for (kk, v) in row.iter().enumerate() {
-                            panel[kk * NR + j] = *v;
-                        }
-                    }
-                });
+                d.par_chunks_mut(k * NR)
+                    .enumerate()
+                    .for_each(|(p, panel)| pack_panel(panel, w, k, p, o, k));
                 Data::F32(d)
             }
             Precision::Int8 => {
@@ -290,13 +285,14 @@ impl PackedWeight {
         if n == 0 {
             return;
         }
-        let mut job = Job {
+        let mut job = Tile {
             a: x.as_ptr() as *const u8,
             lda: k,
             b: std::ptr::null(),
             steps: k,
             c: out.as_mut_ptr(),
-            o,
+            ldc: o,
+            cols: o,
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             accumulate,
             scale,
@@ -347,9 +343,8 @@ impl PackedWeight {
 }
 
 /// Splits the product into (row chunk, panel group) jobs on the rayon pool.
-fn run(n: usize, job: &Job, kind: Kind) {
-    let o = job.o;
-    let panels = o.div_ceil(NR);
+fn run(n: usize, job: &Tile, kind: Kind) {
+    let panels = job.cols.div_ceil(NR);
     // Rows per chunk: the chunk's share of `x` stays within ~192 KiB of L2 (both
     // kinds read 4 bytes per step and row).
     let mr = kind.rows();
@@ -365,27 +360,50 @@ fn run(n: usize, job: &Job, kind: Kind) {
     let per_group = panels.div_ceil(groups);
     (0..chunks * groups).into_par_iter().for_each(|j| {
         let (c, g) = (j / groups, j % groups);
-        let (r0, r1) = (c * mc, ((c + 1) * mc).min(n));
-        let (p0, p1) = (g * per_group, ((g + 1) * per_group).min(panels));
-        for p in p0..p1 {
-            let cols = NR.min(o - p * NR);
-            let mut r = r0;
-            while r < r1 {
-                let m = mr.min(r1 - r);
-                // SAFETY: this job alone writes rows r0..r1 × the columns of panels
-                // p0..p1 of `c`; `a` holds n rows of `steps` 4-byte elements at stride
-                // lda; panel p of `b` holds `steps · NR` 4-byte elements; `bias`,
-                // `col_scale`, `col_sum` (when set) cover every panel's NR columns or
-                // the o columns the masks allow; `rows` has n entries. The CPU features
-                // were checked when the weight was packed.
-                unsafe {
-                    let tile = job.tile(r, p, cols, kind.planes());
-                    kind.tile(m, &tile);
-                }
-                r += m;
-            }
-        }
+        let rows = c * mc..((c + 1) * mc).min(n);
+        let panels = g * per_group..((g + 1) * per_group).min(panels);
+        // SAFETY: this job alone writes its rows × the columns of its panels of `c`;
+        // `a` holds n rows of `steps` 4-byte elements at stride lda; each panel of
+        // `b` holds `steps · planes · NR` 4-byte elements; `bias`, `col_scale`,
+        // `col_sum` (when set) cover every panel's columns the masks allow; `rows` has
+        // n entries. The CPU features were checked when the weight was packed.
+        unsafe { tiles(job, kind, rows, panels) };
     });
+}
+
+/// Runs the micro-kernel over `rows` × `panels` of the product `t`, one panel at a
+/// time (its packed weights stay in cache while the rows go by).
+///
+/// # Safety
+/// As for [`Kind::tile`], for every tile of the ranges.
+unsafe fn tiles(
+    t: &Tile,
+    kind: Kind,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+) {
+    let mr = kind.rows();
+    for p in panels {
+        let mut r = rows.start;
+        while r < rows.end {
+            let m = mr.min(rows.end - r);
+            // SAFETY: the caller's contract.
+            unsafe { kind.tile(m, &t.at(r, p, kind.planes())) };
+            r += m;
+        }
+    }
+}
+
+/// Writes panel `p` of the `[n, k]` matrix whose row `i` is `src[i·ld ..][..k]`:
+/// lane `j` of step `kk` is row `p·NR + j`, column `kk` (rows past `n` stay as they
+/// are, zero in a fresh buffer).
+fn pack_panel(panel: &mut [f32], src: &[f32], ld: usize, p: usize, n: usize, k: usize) {
+    for j in 0..NR.min(n - p * NR) {
+        let row = &src[(p * NR + j) * ld..][..k];
+        for (kk, v) in row.iter().enumerate() {
+            panel[kk * NR + j] = *v;
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -484,12 +502,7 @@ pub(crate) unsafe fn attend_head(
     let (kp, rest) = buf.split_at_mut(kp_len);
     let (vp, scores) = rest.split_at_mut(vp_len);
     for (p, panel) in kp.chunks_mut(hd * NR).enumerate() {
-        for j in 0..NR.min(len - p * NR) {
-            let row = &src[(p * NR + j) * ld + kv..][..hd];
-            for (kk, x) in row.iter().enumerate() {
-                panel[kk * NR + j] = *x;
-            }
-        }
+        pack_panel(panel, &src[kv..], ld, p, len, hd);
     }
     for key in 0..len {
         let row = &src[key * ld + 2 * kv..][..hd];
@@ -497,7 +510,8 @@ pub(crate) unsafe fn attend_head(
             vp[(p * len + key) * NR..][..part.len()].copy_from_slice(part);
         }
     }
-    let tile = |a: *const f32, lda, b: *const f32, steps, c: *mut f32, ldc, cols, scale| Tile {
+    // scores = scale · Q Kᵀ, then ctx = softmax(scores) V.
+    let product = |a: *const f32, lda, b: *const f32, steps, c: *mut f32, ldc, cols, scale| Tile {
         a: a as *const u8,
         lda,
         b: b as *const u8,
@@ -512,49 +526,26 @@ pub(crate) unsafe fn attend_head(
         col_scale: std::ptr::null(),
         col_sum: std::ptr::null(),
     };
-    // SAFETY: every tile reads rows inside `src`, `kp`, `vp` or `scores` and writes
-    // `cols` valid columns of `scores` or `out` (the caller's contract).
-    unsafe {
-        let mut i = 0;
-        while i < len {
-            let m = MR.min(len - i);
-            for p in 0..pk {
-                let t = tile(
-                    src.as_ptr().add(i * ld),
-                    ld,
-                    kp.as_ptr().add(p * hd * NR),
-                    hd,
-                    scores.as_mut_ptr().add(i * len + p * NR),
-                    len,
-                    NR.min(len - p * NR),
-                    scale,
-                );
-                Kind::F32.tile(m, &t);
-            }
-            i += m;
-        }
-        for row in scores.chunks_mut(len) {
-            softmax_avx512(row);
-        }
-        let mut i = 0;
-        while i < len {
-            let m = MR.min(len - i);
-            for p in 0..pv {
-                let t = tile(
-                    scores.as_ptr().add(i * len),
-                    len,
-                    vp.as_ptr().add(p * len * NR),
-                    len,
-                    out.add(i * ldo + p * NR),
-                    ldo,
-                    NR.min(hd - p * NR),
-                    1.0,
-                );
-                Kind::F32.tile(m, &t);
-            }
-            i += m;
-        }
+    let qk = product(
+        src.as_ptr(),
+        ld,
+        kp.as_ptr(),
+        hd,
+        scores.as_mut_ptr(),
+        len,
+        len,
+        scale,
+    );
+    // SAFETY: the tiles read rows inside `src`, `kp`, `vp` and `scores` and write the
+    // valid columns of `scores` and `out` (the caller's contract).
+    unsafe { tiles(&qk, Kind::F32, 0..len, 0..pk) };
+    for row in scores.chunks_mut(len) {
+        // SAFETY: the caller's contract (AVX-512F).
+        unsafe { softmax_avx512(row) };
     }
+    let av = product(scores.as_ptr(), len, vp.as_ptr(), len, out, ldo, hd, 1.0);
+    // SAFETY: as above.
+    unsafe { tiles(&av, Kind::F32, 0..len, 0..pv) };
 }
 
 /// `e^x` on 16 lanes: the scalar `kernels::simd::exp` (range reduction by ln 2, a
@@ -643,22 +634,25 @@ struct RowQ {
 /// leave the rows of an empty text at 0.998.
 const COARSE: f32 = 0.025;
 
-/// A product, or (after [`Job::tile`]) one micro-tile of it: up to MR rows of `a`
-/// against one packed panel of `b`.
+/// A product `c = a · packed b`, or (after [`Tile::at`]) one micro-tile of it: up to
+/// MR rows of `a` against one packed panel of `b`.
 #[derive(Clone, Copy)]
-struct Job {
+struct Tile {
     /// f32 values, or uint8 quads (u32) for int8.
     a: *const u8,
     /// Row stride of `a` in 4-byte elements.
     lda: usize,
-    /// The packed weight, or (in a tile) its panel: `steps` groups of NR lanes.
+    /// The packed weight, or (in a tile) its panel: `steps` groups of NR lanes per
+    /// plane.
     b: *const u8,
     /// k (f32) or k/4 rounded up (int8 quads).
     steps: usize,
     /// The output, or the tile's first output element.
     c: *mut f32,
-    /// Output columns (the row stride of `c`).
-    o: usize,
+    /// Row stride of `c`.
+    ldc: usize,
+    /// Valid output columns: all of them in a product, ≤ NR in a tile.
+    cols: usize,
     /// Per output column, or null.
     bias: *const f32,
     accumulate: bool,
@@ -667,71 +661,42 @@ struct Job {
     rows: *const RowQ,
     /// int8: per output column (whole panels).
     col_scale: *const f32,
+    /// int8: per panel, plane and column.
     col_sum: *const i32,
 }
-unsafe impl Send for Job {}
-unsafe impl Sync for Job {}
+unsafe impl Send for Tile {}
+unsafe impl Sync for Tile {}
 
-impl Job {
-    /// The tile at row `r` and panel `p` with `cols` valid columns; `o` then holds
-    /// the valid columns, the row stride stays in `lda`/`steps` and is recomputed.
+impl Tile {
+    /// The micro-tile of this product at row `r` and panel `p`.
     ///
     /// # Safety
     /// `r` and `p` lie inside the product.
-    unsafe fn tile(&self, r: usize, p: usize, cols: usize, planes: usize) -> Tile {
-        let off = |ptr: *const f32| {
+    unsafe fn at(&self, r: usize, p: usize, planes: usize) -> Tile {
+        /// `ptr + n` unless null.
+        fn add<T>(ptr: *const T, n: usize) -> *const T {
+            // SAFETY: the caller's contract puts `n` inside the pointed-to buffer.
             if ptr.is_null() {
                 ptr
             } else {
-                // SAFETY: the caller's contract.
-                unsafe { ptr.add(p * NR) }
+                unsafe { ptr.add(n) }
             }
-        };
+        }
         // SAFETY: the caller's contract.
         unsafe {
             Tile {
                 a: self.a.add(r * self.lda * 4),
-                lda: self.lda,
                 b: self.b.add(p * self.steps * planes * NR * 4),
-                steps: self.steps,
-                c: self.c.add(r * self.o + p * NR),
-                ldc: self.o,
-                cols,
-                bias: off(self.bias),
-                accumulate: self.accumulate,
-                scale: self.scale,
-                rows: if self.rows.is_null() {
-                    self.rows
-                } else {
-                    self.rows.add(r)
-                },
-                col_scale: off(self.col_scale),
-                col_sum: if self.col_sum.is_null() {
-                    self.col_sum
-                } else {
-                    self.col_sum.add(p * planes * NR)
-                },
+                c: self.c.add(r * self.ldc + p * NR),
+                cols: NR.min(self.cols - p * NR),
+                bias: add(self.bias, p * NR),
+                rows: add(self.rows, r),
+                col_scale: add(self.col_scale, p * NR),
+                col_sum: add(self.col_sum, p * planes * NR),
+                ..*self
             }
         }
     }
-}
-
-/// One micro-tile.
-struct Tile {
-    a: *const u8,
-    lda: usize,
-    b: *const u8,
-    steps: usize,
-    c: *mut f32,
-    ldc: usize,
-    /// Valid columns of the panel (≤ NR).
-    cols: usize,
-    bias: *const f32,
-    accumulate: bool,
-    scale: f32,
-    rows: *const RowQ,
-    col_scale: *const f32,
-    col_sum: *const i32,
 }
 
 #[cfg(target_arch = "x86_64")]
