@@ -28,6 +28,13 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&norm)
 }
 
+/// Cosine similarity of two vectors, summed in f64 (for comparing embeddings).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
 /// In-place L2 normalisation of a vector.
 pub fn l2_normalize_vec(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

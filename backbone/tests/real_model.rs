@@ -2,6 +2,7 @@
 //! implementation (`tools/reference.py`, outputs committed as fixtures).
 //! Skips with a printed reason when the model is absent; CI fetches it.
 
+use aside_backbone::pooling::cosine as cos;
 use aside_backbone::testing::real_model;
 use aside_backbone::{Backbone, EncodeOptions, LoadOptions};
 
@@ -18,38 +19,65 @@ fn read_jsonl(path: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn cos(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+/// The committed reference fixtures: each input's id and text, and the NumPy
+/// reference embedding of it.
+fn reference() -> Vec<(String, String, Vec<f32>)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let inputs = read_jsonl(&format!("{dir}/minilm_inputs.jsonl"));
+    let want = read_jsonl(&format!("{dir}/minilm_reference.jsonl"));
+    assert_eq!(inputs.len(), want.len());
+    inputs
+        .iter()
+        .zip(&want)
+        .map(|(i, w)| {
+            let v = w["embedding"].as_array().unwrap();
+            (
+                i["id"].to_string(),
+                i["text"].as_str().unwrap().to_owned(),
+                v.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Embeds the reference inputs with `b`: (id, embedding, reference embedding).
+fn embed_reference(b: &Backbone) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+    let cases = reference();
+    let texts: Vec<&str> = cases.iter().map(|(_, t, _)| t.as_str()).collect();
+    let got = b.embed(&texts, &EncodeOptions::default()).unwrap();
+    assert_eq!(got.len(), cases.len());
+    cases
+        .into_iter()
+        .zip(got)
+        .map(|((id, _, w), g)| (id, g, w))
+        .collect()
+}
+
+/// Asserts the cosine of each `(i, j)` pair of `texts`' embeddings to 1e-4.
+fn assert_cosines(b: &Backbone, texts: &[&str], pairs: &[(usize, usize, f64)]) {
+    let v = b.embed(texts, &EncodeOptions::default()).unwrap();
+    for &(i, j, want) in pairs {
+        let c = cos(&v[i], &v[j]);
+        assert!(
+            (c - want).abs() < 1e-4,
+            "cos({i},{j}) = {c:.4}, expected {want}"
+        );
+    }
 }
 
 #[test]
 fn matches_the_independent_reference_for_every_vector() {
     let Some(b) = load() else { return };
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let inputs = read_jsonl(&format!("{dir}/minilm_inputs.jsonl"));
-    let want = read_jsonl(&format!("{dir}/minilm_reference.jsonl"));
-    let texts: Vec<&str> = inputs.iter().map(|v| v["text"].as_str().unwrap()).collect();
-    let got = b.embed(&texts, &EncodeOptions::default()).unwrap();
-    assert_eq!(got.len(), want.len());
-    for ((g, w), inp) in got.iter().zip(&want).zip(&inputs) {
-        let w: Vec<f32> = w["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+    for (id, g, w) in embed_reference(&b) {
         assert_eq!(g.len(), 384);
-        let c = cos(g, &w);
+        let c = cos(&g, &w);
         let d = g
             .iter()
             .zip(&w)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        assert!(c >= 0.9999, "{}: cosine {c}", inp["id"]);
-        assert!(d <= 1e-4, "{}: max abs diff {d}", inp["id"]);
+        assert!(c >= 0.9999, "{id}: cosine {c}");
+        assert!(d <= 1e-4, "{id}: max abs diff {d}");
     }
 }
 
@@ -61,42 +89,24 @@ fn matches_the_independent_reference_for_every_vector() {
 #[test]
 fn sentence_transformers_example_sentences() {
     let Some(b) = load() else { return };
-    let v = b
-        .embed(
-            &[
-                "The weather is lovely today.",
-                "It's so sunny outside!",
-                "He drove to the stadium.",
-            ],
-            &EncodeOptions::default(),
-        )
-        .unwrap();
-    let pairs = [(0, 1, 0.6660), (0, 2, 0.1046), (1, 2, 0.1411)];
-    for (i, j, want) in pairs {
-        let c = cos(&v[i], &v[j]);
-        assert!(
-            (c - want).abs() < 1e-4,
-            "cos({i},{j}) = {c:.4}, expected {want}"
-        );
-    }
-    let v = b
-        .embed(
-            &[
-                "This is an example sentence",
-                "Each sentence is converted",
-                "Hello world",
-            ],
-            &EncodeOptions::default(),
-        )
-        .unwrap();
-    let pairs = [(0, 1, 0.4046), (0, 2, 0.2040), (1, 2, 0.1296)];
-    for (i, j, want) in pairs {
-        let c = cos(&v[i], &v[j]);
-        assert!(
-            (c - want).abs() < 1e-4,
-            "cos({i},{j}) = {c:.4}, expected {want}"
-        );
-    }
+    assert_cosines(
+        &b,
+        &[
+            "The weather is lovely today.",
+            "It's so sunny outside!",
+            "He drove to the stadium.",
+        ],
+        &[(0, 1, 0.6660), (0, 2, 0.1046), (1, 2, 0.1411)],
+    );
+    assert_cosines(
+        &b,
+        &[
+            "This is an example sentence",
+            "Each sentence is converted",
+            "Hello world",
+        ],
+        &[(0, 1, 0.4046), (0, 2, 0.2040), (1, 2, 0.1296)],
+    );
 }
 
 #[test]
@@ -148,22 +158,11 @@ fn int8_stays_within_0999_cosine_of_the_reference() {
     )
     .unwrap();
     assert_eq!(b.bert().precision(), Precision::Int8);
-    let fix = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let inputs = read_jsonl(&format!("{fix}/minilm_inputs.jsonl"));
-    let want = read_jsonl(&format!("{fix}/minilm_reference.jsonl"));
-    let texts: Vec<&str> = inputs.iter().map(|v| v["text"].as_str().unwrap()).collect();
-    let got = b.embed(&texts, &EncodeOptions::default()).unwrap();
     let mut worst = 1.0f64;
-    for ((g, w), inp) in got.iter().zip(&want).zip(&inputs) {
-        let w: Vec<f32> = w["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        let c = cos(g, &w);
+    for (id, g, w) in embed_reference(&b) {
+        let c = cos(&g, &w);
         worst = worst.min(c);
-        assert!(c >= 0.999, "{}: int8 cosine {c}", inp["id"]);
+        assert!(c >= 0.999, "{id}: int8 cosine {c}");
     }
     // Not the same numbers as f32: the int8 path really ran.
     assert!(worst < 0.99999, "int8 equals f32 to {worst}: was it used?");

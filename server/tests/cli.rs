@@ -87,18 +87,31 @@ fn a_malformed_line_is_named_and_nothing_is_printed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
 }
 
-#[test]
-fn embed_applies_an_adapter_and_inspect_describes_it() {
+/// The tiny model with a seeded random IAA-L adapter written beside it as
+/// `a.safetensors`: (model folder, adapter file, adapter).
+fn tiny_with_iaa(
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    aside_adapters::Adapter,
+) {
     let m = tiny();
-    let model = m.path().to_str().unwrap();
     let b = Backbone::load(m.path(), &LoadOptions::default()).unwrap();
     let (_, meta) = test_metas(b.sha256())
         .into_iter()
         .find(|(l, _)| *l == "iaa-l")
         .unwrap();
-    let a = random_adapter(&meta, &Dims::of(&b), b.bert(), 5);
+    let a = random_adapter(&meta, &Dims::of(&b), b.bert(), seed);
     let path = m.path().join("a.safetensors");
     std::fs::write(&path, format::write_adapter(&a).unwrap()).unwrap();
+    (m, path, a)
+}
+
+#[test]
+fn embed_applies_an_adapter_and_inspect_describes_it() {
+    let (m, path, a) = tiny_with_iaa(5);
+    let model = m.path().to_str().unwrap();
     let input = "{\"id\": \"x\", \"text\": \"hello world\"}\n";
     let bare = lines(&run(
         &["embed", "--model", model, "--max-length", "64"],
@@ -174,39 +187,26 @@ fn vector(v: &serde_json::Value) -> Vec<f64> {
 /// an unknown precision is refused by name.
 #[test]
 fn embed_in_int8_stays_close_to_f32() {
-    let m = tiny();
+    let (m, path, _) = tiny_with_iaa(9);
     let model = m.path().to_str().unwrap();
-    let b = Backbone::load(m.path(), &LoadOptions::default()).unwrap();
-    let (_, meta) = test_metas(b.sha256())
-        .into_iter()
-        .find(|(l, _)| *l == "iaa-l")
-        .unwrap();
-    let a = random_adapter(&meta, &Dims::of(&b), b.bert(), 9);
-    let path = m.path().join("a.safetensors");
-    std::fs::write(&path, format::write_adapter(&a).unwrap()).unwrap();
     let input = "{\"id\": 1, \"text\": \"the cell divides\"}\n{\"id\": 2, \"text\": \"héllo wörld, 東京\"}\n";
-    let args = |p: &'static str| {
-        vec![
-            "embed".to_owned(),
-            "--model".into(),
-            model.into(),
-            "--adapter".into(),
-            path.to_str().unwrap().into(),
-            "--max-length".into(),
-            "64".into(),
-            "--precision".into(),
-            p.into(),
+    let adapter = path.to_str().unwrap();
+    let args = |p| {
+        [
+            "embed",
+            "--model",
+            model,
+            "--adapter",
+            adapter,
+            "--max-length",
+            "64",
+            "--precision",
+            p,
         ]
     };
-    let f32_out = run(
-        &args("f32").iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        input,
-    );
+    let f32_out = run(&args("f32"), input);
     assert!(f32_out.status.success());
-    let out = run(
-        &args("int8").iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        input,
-    );
+    let out = run(&args("int8"), input);
     if !aside_backbone::Precision::Int8.supported() {
         eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
         assert!(String::from_utf8_lossy(&out.stderr).contains("VNNI"));
@@ -223,10 +223,7 @@ fn embed_in_int8_stays_close_to_f32() {
         assert!(dot > 0.99, "int8 vs f32 cosine {dot}");
         assert_ne!(x, y, "int8 gave the f32 numbers");
     }
-    let out = run(
-        &args("fp8").iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        input,
-    );
+    let out = run(&args("fp8"), input);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fp8") && err.contains("int8"), "{err}");

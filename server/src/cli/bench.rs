@@ -110,7 +110,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let cos: Vec<f64> = last
             .iter()
             .zip(&reference)
-            .map(|(x, y)| cosine(x, y))
+            .map(|(x, y)| aside_backbone::pooling::cosine(x, y))
             .collect();
         let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
         let mean = cos.iter().sum::<f64>() / cos.len() as f64;
@@ -121,12 +121,6 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn cosine(x: &[f32], y: &[f32]) -> f64 {
-    let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();
-    let n = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (n(x) * n(y))
 }
 
 fn rayon_threads() -> usize {
