@@ -145,49 +145,46 @@ fn fused_linear(
                 Ok(())
             }
         })??;
-        apply_epilogue(&mut out, epi);
-        let mut shape = dims;
-        *shape.last_mut().expect("rank >= 1") = o;
-        return Tensor::from_vec(out, shape, &Device::Cpu);
+    } else {
+        if let Some(b) = b {
+            with_slice(b, |b| {
+                out.par_chunks_mut(o).for_each(|row| {
+                    row.iter_mut().zip(b).for_each(|(r, b)| *r += b);
+                });
+            })?;
+        }
+        let read_dst = target.is_some() || b.is_some();
+        with_slice(x, |xs| {
+            with_slice(w, |ws| {
+                // SAFETY: pointers and strides describe the three buffers exactly:
+                // dst [n, o] row-major, lhs [n, k] row-major, rhs = Wᵀ, i.e. W [o, k] read
+                // with row stride 1 and column stride k.
+                unsafe {
+                    gemm(
+                        n,
+                        o,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        o as isize,
+                        read_dst,
+                        xs.as_ptr(),
+                        1,
+                        k as isize,
+                        ws.as_ptr(),
+                        k as isize,
+                        1,
+                        1.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        threads(),
+                    )
+                }
+            })
+        })??;
     }
-    if let Some(b) = b {
-        with_slice(b, |b| {
-            out.par_chunks_mut(o).for_each(|row| {
-                row.iter_mut().zip(b).for_each(|(r, b)| *r += b);
-            });
-        })?;
-    }
-    let read_dst = target.is_some() || b.is_some();
-    with_slice(x, |xs| {
-        with_slice(w, |ws| {
-            // SAFETY: pointers and strides describe the three buffers exactly:
-            // dst [n, o] row-major, lhs [n, k] row-major, rhs = Wᵀ, i.e. W [o, k] read
-            // with row stride 1 and column stride k.
-            unsafe {
-                gemm(
-                    n,
-                    o,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    o as isize,
-                    read_dst,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    ws.as_ptr(),
-                    k as isize,
-                    1,
-                    1.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    threads(),
-                )
-            }
-        })
-    })??;
     apply_epilogue(&mut out, epi);
     let mut shape = dims;
     *shape.last_mut().expect("rank >= 1") = o;
