@@ -93,11 +93,9 @@ pub struct Bert {
     layers: Vec<Layer>,
     /// Shapes of every tensor of the checkpoint (names without `bert.`).
     shapes: BTreeMap<String, Vec<usize>>,
-    /// Arithmetic of the frozen linears on the inference path.
-    precision: Precision,
     /// One entry per layer when the CPU runs the packed kernels; empty otherwise
     /// (the `gemm` crate then does f32) and for trainable copies.
-    packed: std::sync::Arc<Vec<PackedLayer>>,
+    packed: Vec<PackedLayer>,
 }
 
 struct Loader<'a> {
@@ -224,10 +222,9 @@ impl Bert {
             emb_ln,
             layers,
             shapes,
-            precision: Precision::F32,
-            packed: Default::default(),
+            packed: Vec::new(),
         };
-        bert.packed = std::sync::Arc::new(bert.pack(Precision::F32, None)?);
+        bert.packed = bert.pack(Precision::F32, None)?;
         Ok(bert)
     }
 
@@ -252,8 +249,7 @@ impl Bert {
         }];
         self.forward_with(calibration, &groups, Mode::Inference, Some(&ranges))?;
         let ranges = ranges.into_inner().expect("calibration lock");
-        self.packed = std::sync::Arc::new(self.pack(Precision::Int8, Some(&ranges))?);
-        self.precision = Precision::Int8;
+        self.packed = self.pack(Precision::Int8, Some(&ranges))?;
         Ok(self)
     }
 
@@ -289,7 +285,9 @@ impl Bert {
 
     /// The arithmetic of the frozen linears on the inference path.
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.packed
+            .first()
+            .map_or(Precision::F32, |p| p.qkv.precision())
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -394,8 +392,7 @@ impl Bert {
             layers,
             shapes: self.shapes.clone(),
             // The weights are variables now: nothing packed may go stale.
-            precision: Precision::F32,
-            packed: Default::default(),
+            packed: Vec::new(),
         };
         Ok((bert, vars))
     }
@@ -448,10 +445,9 @@ impl Bert {
             emb_ln: norm(&self.emb_ln)?,
             layers,
             shapes: self.shapes.clone(),
-            precision: Precision::F32,
-            packed: Default::default(),
+            packed: Vec::new(),
         };
-        bert.packed = std::sync::Arc::new(bert.pack(Precision::F32, None)?);
+        bert.packed = bert.pack(Precision::F32, None)?;
         Ok(bert)
     }
 
