@@ -1,20 +1,26 @@
 //! One collection: documents (id → vector, text, metadata), an HNSW graph over their
 //! vectors with tombstones for replaced and deleted ones, the write-ahead log and
 //! snapshots. Readers share the state; writers are serialised by `writer`.
+//!
+//! A write is acknowledged once its log record is on disk; the graph is filled behind
+//! it by a background indexer. Slots the graph does not hold yet (the tail) are
+//! searched exactly, so an acknowledged write is found by the next search.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use hnsw_rs::prelude::Hnsw;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{io_err, IndexError, Result};
 use crate::filter::Filter;
-use crate::metric::{GraphDistance, Metric};
+use crate::graph::Graph;
+use crate::metric::Metric;
 use crate::snapshot;
 use crate::wal::{self, Doc, Op, Wal};
 
@@ -22,13 +28,17 @@ use crate::wal::{self, Doc, Op, Wal};
 pub const EXACT_BELOW: usize = 2000;
 /// The log is folded into a snapshot once its segment passes this size.
 pub const SNAPSHOT_BYTES: u64 = 64 << 20;
+/// Writers wait while more slots than this are waiting for the graph.
+pub const MAX_UNINDEXED: usize = 16_384;
+/// Slots the indexer inserts per turn; writers wait for at most one turn.
+const INDEX_BATCH: usize = 16;
 const MANIFEST_VERSION: u32 = 1;
 
 /// HNSW parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HnswParams {
-    /// Links per node (hnsw_rs `max_nb_connection`), 2..=256.
+    /// Links per node on the upper layers (twice this on layer 0), 2..=256.
     pub m: usize,
     pub ef_construction: usize,
     /// Default search breadth; a search may ask for its own.
@@ -73,7 +83,6 @@ impl CollectionConfig {
         if self.dim == 0 || self.dim > 65536 {
             return bad(format!("dimension {} is out of range 1..=65536", self.dim));
         }
-        // hnsw_rs ends the process above 256 links: refuse it here instead.
         if !(2..=256).contains(&self.hnsw.m) {
             return bad(format!("hnsw.m {} is out of range 2..=256", self.hnsw.m));
         }
@@ -124,10 +133,10 @@ pub struct Hit {
 pub struct Stats {
     pub count: usize,
     pub tombstones: usize,
+    /// Slots written but not in the graph yet (searched exactly meanwhile).
+    pub unindexed: usize,
     pub wal_bytes: u64,
 }
-
-type Graph = Hnsw<'static, f32, GraphDistance>;
 
 struct Entry {
     slot: usize,
@@ -137,9 +146,14 @@ struct Entry {
 
 struct State {
     docs: HashMap<String, Entry>,
-    /// Graph node id → (document id, vector); `None` is a tombstone.
-    slots: Vec<Option<(String, Vec<f32>)>>,
-    graph: Arc<Graph>,
+    /// Slot → document id; `None` is a tombstone (its vector stays for the graph).
+    ids: Vec<Option<String>>,
+    /// Slot vectors, `dim` floats each, as stored (normalised for cosine).
+    vectors: Vec<f32>,
+    dim: usize,
+    graph: Graph,
+    /// Slots below this are in the graph; advanced by the indexer.
+    indexed: AtomicUsize,
     tombstones: usize,
 }
 
@@ -153,6 +167,12 @@ pub struct Collection {
     config: RwLock<CollectionConfig>,
     state: RwLock<State>,
     writer: Mutex<Writer>,
+    /// Held by the indexer for each turn, and by snapshots and compaction, which need
+    /// the graph still.
+    indexing: Mutex<()>,
+    indexer_running: AtomicBool,
+    /// Signalled after each indexer turn (for writers held back and `wait_indexed`).
+    progress: (Mutex<()>, Condvar),
     compacting: AtomicBool,
     warnings: Vec<String>,
 }
@@ -165,16 +185,6 @@ impl std::fmt::Debug for Collection {
     }
 }
 
-fn new_graph(cfg: &CollectionConfig, hint: usize) -> Graph {
-    Hnsw::new(
-        cfg.hnsw.m,
-        hint.max(1024),
-        16,
-        cfg.hnsw.ef_construction,
-        GraphDistance(cfg.metric),
-    )
-}
-
 fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= n);
@@ -184,54 +194,117 @@ impl State {
     fn empty(cfg: &CollectionConfig) -> Self {
         State {
             docs: HashMap::new(),
-            slots: Vec::new(),
-            graph: Arc::new(new_graph(cfg, 0)),
+            ids: Vec::new(),
+            vectors: Vec::new(),
+            dim: cfg.dim,
+            graph: Graph::new(cfg.dim, cfg.metric, cfg.hnsw.m, cfg.hnsw.ef_construction),
+            indexed: AtomicUsize::new(0),
             tombstones: 0,
         }
     }
 
-    /// Applies a change to the maps; returns the new slots, for the graph.
-    fn apply(&mut self, op: Op) -> Vec<usize> {
-        let mut added = Vec::new();
+    fn vector(&self, slot: usize) -> &[f32] {
+        &self.vectors[slot * self.dim..][..self.dim]
+    }
+
+    fn push(&mut self, d: Doc) {
+        let slot = self.ids.len();
+        self.vectors.extend_from_slice(&d.vector);
+        if d.id.is_empty() {
+            self.ids.push(None);
+            self.tombstones += 1;
+        } else {
+            self.ids.push(Some(d.id.clone()));
+            let e = Entry {
+                slot,
+                text: d.text,
+                metadata: d.metadata,
+            };
+            if let Some(old) = self.docs.insert(d.id, e) {
+                self.ids[old.slot] = None;
+                self.tombstones += 1;
+            }
+        }
+    }
+
+    /// Applies a change to the maps; new slots join the tail for the indexer.
+    fn apply(&mut self, op: Op) {
         match op {
             Op::Upsert(docs) => {
-                for d in docs {
-                    let slot = self.slots.len();
-                    self.slots.push(Some((d.id.clone(), d.vector)));
-                    let e = Entry {
-                        slot,
-                        text: d.text,
-                        metadata: d.metadata,
-                    };
-                    if let Some(old) = self.docs.insert(d.id, e) {
-                        self.slots[old.slot] = None;
-                        self.tombstones += 1;
-                    }
-                    added.push(slot);
-                }
+                self.graph.reserve(self.ids.len() + docs.len());
+                docs.into_iter().for_each(|d| self.push(d));
             }
             Op::Delete(ids) => {
                 for id in ids {
                     if let Some(old) = self.docs.remove(&id) {
-                        self.slots[old.slot] = None;
+                        self.ids[old.slot] = None;
                         self.tombstones += 1;
                     }
                 }
             }
         }
-        added
     }
 
-    fn index(&self, slots: &[usize]) {
-        let items: Vec<(&[f32], usize)> = slots
-            .iter()
-            .filter_map(|&s| self.slots[s].as_ref().map(|(_, v)| (v.as_slice(), s)))
+    fn unindexed(&self) -> usize {
+        self.ids.len() - self.indexed.load(Ordering::Acquire)
+    }
+
+    /// Inserts the live slots of `from..to` into the graph, in parallel.
+    fn index(&self, from: usize, to: usize) {
+        let nodes: Vec<u32> = (from..to)
+            .filter(|&s| self.ids[s].is_some())
+            .map(|s| s as u32)
             .collect();
-        if items.len() > 64 {
-            self.graph.parallel_insert_slice(&items);
-        } else {
-            items.into_iter().for_each(|it| self.graph.insert_slice(it));
+        nodes
+            .par_iter()
+            .with_min_len(8)
+            .for_each(|&n| self.graph.insert(&self.vectors, n));
+        self.indexed.store(to, Ordering::Release);
+    }
+
+    /// Loads a snapshot: its slots, and its graph when it has one.
+    fn from_snapshot(cfg: &CollectionConfig, snap: snapshot::Snapshot) -> Result<Self> {
+        let mut st = State::empty(cfg);
+        st.graph.reserve(snap.slots.len());
+        for d in snap.slots {
+            if d.vector.len() != cfg.dim {
+                return Err(IndexError::Corrupt(format!(
+                    "slot {} has dimension {}, the collection's is {}",
+                    st.ids.len(),
+                    d.vector.len(),
+                    cfg.dim
+                )));
+            }
+            st.push(d);
         }
+        if let Some(links) = &snap.links {
+            let mut r = wal::Reader::new(links);
+            st.graph.decode(&mut r, snap.indexed)?;
+            if !r.done() {
+                return Err(IndexError::Corrupt("trailing bytes after the graph".into()));
+            }
+        }
+        st.indexed.store(snap.indexed, Ordering::Release);
+        Ok(st)
+    }
+
+    /// The snapshot body: every slot, then the graph over the indexed ones.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let none = Value::Null;
+        wal::put_u32(out, self.ids.len() as u32);
+        for (slot, id) in self.ids.iter().enumerate() {
+            let (id, text, meta) = match id {
+                Some(id) => {
+                    let e = &self.docs[id];
+                    (id.as_str(), e.text.as_str(), &e.metadata)
+                }
+                None => ("", "", &none),
+            };
+            wal::put_doc_parts(out, id, self.vector(slot), text, meta);
+        }
+        let indexed = self.indexed.load(Ordering::Acquire);
+        wal::put_u32(out, indexed as u32);
+        self.graph.encode(indexed, out);
     }
 
     fn live_docs(&self) -> Vec<Doc> {
@@ -239,25 +312,45 @@ impl State {
             .iter()
             .map(|(id, e)| Doc {
                 id: id.clone(),
-                vector: self.slots[e.slot].as_ref().expect("live slot").1.clone(),
+                vector: self.vector(e.slot).to_vec(),
                 text: e.text.clone(),
                 metadata: e.metadata.clone(),
             })
             .collect()
     }
+
+    /// The live documents in a fresh state with dense slots and a full graph.
+    fn compacted(&self, cfg: &CollectionConfig) -> State {
+        let mut st = State::empty(cfg);
+        let live: Vec<&String> = self.ids.iter().flatten().collect();
+        st.graph.reserve(live.len());
+        st.vectors.reserve(live.len() * self.dim);
+        for id in live {
+            let e = &self.docs[id];
+            st.push(Doc {
+                id: id.clone(),
+                vector: self.vector(e.slot).to_vec(),
+                text: e.text.clone(),
+                metadata: e.metadata.clone(),
+            });
+        }
+        st.index(0, st.ids.len());
+        st
+    }
 }
 
 impl Collection {
     /// Creates a new, empty collection in `dir` (which must not exist yet).
-    pub(crate) fn create(dir: &Path, config: CollectionConfig) -> Result<Self> {
+    pub(crate) fn create(dir: &Path, config: CollectionConfig) -> Result<Arc<Self>> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         write_manifest(dir, &config)?;
         Self::open(dir)
     }
 
-    /// Opens a collection: manifest, newest readable snapshot, then the log after it.
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
+    /// Opens a collection: manifest, newest readable snapshot (slots and graph), then
+    /// the log after it. Slots the graph does not hold are indexed in the background.
+    pub(crate) fn open(dir: &Path) -> Result<Arc<Self>> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(io_err(&mpath))?;
         let m: Manifest = serde_json::from_str(&text)
@@ -275,9 +368,11 @@ impl Collection {
         let mut state = State::empty(&config);
         let mut base = 0;
         for g in snapshot::list(dir)?.into_iter().rev() {
-            match snapshot::read(&snapshot::path(dir, g)) {
-                Ok(docs) => {
-                    state.apply(Op::Upsert(docs));
+            let loaded = snapshot::read(&snapshot::path(dir, g))
+                .and_then(|snap| State::from_snapshot(&config, snap));
+            match loaded {
+                Ok(st) => {
+                    state = st;
                     base = g;
                     break;
                 }
@@ -296,21 +391,79 @@ impl Collection {
                 state.apply(op);
             }
         }
-        // The graph is built once over the live vectors, in parallel.
-        let live: Vec<usize> = (0..state.slots.len())
-            .filter(|&s| state.slots[s].is_some())
-            .collect();
-        state = compacted(state, &config, &live);
         let gen = segs.last().copied().unwrap_or(base).max(base);
         let wal = Arc::new(Wal::open(wal::segment_path(dir, gen))?);
-        Ok(Collection {
+        let c = Arc::new(Collection {
             dir: dir.to_owned(),
             config: RwLock::new(config),
             state: RwLock::new(state),
             writer: Mutex::new(Writer { wal, gen }),
+            indexing: Mutex::new(()),
+            indexer_running: AtomicBool::new(false),
+            progress: (Mutex::new(()), Condvar::new()),
             compacting: AtomicBool::new(false),
             warnings,
-        })
+        });
+        c.kick_indexer();
+        Ok(c)
+    }
+
+    /// Starts the background indexer unless it runs or there is nothing to index.
+    fn kick_indexer(self: &Arc<Self>) {
+        if self.state.read().unindexed() == 0 || self.indexer_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("aside-indexer".into())
+            .spawn(move || loop {
+                me.index_tail();
+                me.indexer_running.store(false, Ordering::Release);
+                // Work that arrived after the last turn and before the flag was cleared.
+                if Arc::strong_count(&me) == 1
+                    || me.state.read().unindexed() == 0
+                    || me.indexer_running.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            });
+        if spawned.is_err() {
+            self.indexer_running.store(false, Ordering::Release);
+        }
+    }
+
+    /// Inserts the tail into the graph, a turn at a time, until it is empty (or the
+    /// collection is dropped by everybody else).
+    fn index_tail(self: &Arc<Self>) {
+        loop {
+            if Arc::strong_count(self) == 1 {
+                return;
+            }
+            {
+                let _turn = self.indexing.lock();
+                let st = self.state.read();
+                let from = st.indexed.load(Ordering::Acquire);
+                let to = st.ids.len().min(from + INDEX_BATCH);
+                if from >= to {
+                    return;
+                }
+                st.index(from, to);
+            }
+            let _g = self.progress.0.lock();
+            self.progress.1.notify_all();
+        }
+    }
+
+    /// Blocks until every slot written so far is in the graph.
+    pub fn wait_indexed(self: &Arc<Self>) {
+        loop {
+            if self.state.read().unindexed() == 0 {
+                return;
+            }
+            self.kick_indexer();
+            let mut g = self.progress.0.lock();
+            self.progress.1.wait_for(&mut g, Duration::from_millis(50));
+        }
     }
 
     pub fn config(&self) -> CollectionConfig {
@@ -398,26 +551,20 @@ impl Collection {
         let mut w = self.writer.lock();
         let seq = w.wal.append(&op)?;
         let wal = w.wal.clone();
-        let (added, graph) = {
-            let mut st = self.state.write();
-            (st.apply(op), st.graph.clone())
-        };
-        {
-            // The graph is filled under the read lock, so searches go on meanwhile.
-            let st = self.state.read();
-            if Arc::ptr_eq(&graph, &st.graph) {
-                st.index(&added);
-            }
-        }
+        self.state.write().apply(op);
         if wal.bytes() > SNAPSHOT_BYTES {
             self.snapshot_locked(&mut w)?;
         }
-        let compact = {
+        let (compact, backlog) = {
             let st = self.state.read();
-            st.tombstones > 1000 && st.tombstones > st.docs.len() / 4
+            (
+                st.tombstones > 1000 && st.tombstones > st.docs.len() / 4,
+                st.unindexed(),
+            )
         };
         drop(w);
         wal.sync(seq)?;
+        self.kick_indexer();
         if compact && !self.compacting.swap(true, Ordering::AcqRel) {
             let me = self.clone();
             std::thread::spawn(move || {
@@ -425,10 +572,17 @@ impl Collection {
                 me.compacting.store(false, Ordering::Release);
             });
         }
+        // Back-pressure: the tail is searched exactly, so it may not grow without end.
+        if backlog > MAX_UNINDEXED {
+            let mut g = self.progress.0.lock();
+            while self.state.read().unindexed() > MAX_UNINDEXED {
+                self.progress.1.wait_for(&mut g, Duration::from_millis(50));
+            }
+        }
         Ok(())
     }
 
-    /// Writes a snapshot of every live document and starts a new log segment.
+    /// Writes a snapshot (every slot and the graph) and starts a new log segment.
     pub fn snapshot(&self) -> Result<()> {
         let mut w = self.writer.lock();
         self.snapshot_locked(&mut w)
@@ -436,12 +590,16 @@ impl Collection {
 
     fn snapshot_locked(&self, w: &mut Writer) -> Result<()> {
         let next = w.gen + 1;
-        let docs = self.state.read().live_docs();
-        // Everything appended so far is in `docs`; make the old segment durable anyway
-        // so a fallback to the previous snapshot can replay it.
+        // Everything appended so far is in the state; make the old segment durable
+        // anyway so a fallback to the previous snapshot can replay it.
         let seq = w.wal.append(&Op::Delete(Vec::new()))?;
         w.wal.sync(seq)?;
-        snapshot::write(&self.dir, next, &docs)?;
+        {
+            // The indexer pauses so the graph written is the graph of `indexed` slots.
+            let _turn = self.indexing.lock();
+            let st = self.state.read();
+            snapshot::write(&self.dir, next, |out| st.encode(out))?;
+        }
         w.wal = Arc::new(Wal::open(wal::segment_path(&self.dir, next))?);
         w.gen = next;
         // Keep this snapshot and the one before it, with the segments it needs.
@@ -461,35 +619,13 @@ impl Collection {
         crate::sync_dir(&self.dir)
     }
 
-    /// Rebuilds the graph without tombstones from a copy of the state. Writers wait;
-    /// readers keep using the old graph until the swap.
+    /// Rebuilds the graph without tombstones (in parallel, from a copy). Writers and
+    /// the indexer wait; readers keep using the old state until the swap.
     pub fn compact(&self) {
         let _w = self.writer.lock();
+        let _turn = self.indexing.lock();
         let cfg = self.config();
-        let rebuilt = {
-            let st = self.state.read();
-            let copy = State {
-                docs: st
-                    .docs
-                    .iter()
-                    .map(|(k, e)| {
-                        let e = Entry {
-                            slot: e.slot,
-                            text: e.text.clone(),
-                            metadata: e.metadata.clone(),
-                        };
-                        (k.clone(), e)
-                    })
-                    .collect(),
-                slots: st.slots.clone(),
-                graph: st.graph.clone(),
-                tombstones: st.tombstones,
-            };
-            let live: Vec<usize> = (0..copy.slots.len())
-                .filter(|&s| copy.slots[s].is_some())
-                .collect();
-            compacted(copy, &cfg, &live)
-        };
+        let rebuilt = self.state.read().compacted(&cfg);
         *self.state.write() = rebuilt;
     }
 
@@ -501,6 +637,7 @@ impl Collection {
         Stats {
             count: st.docs.len(),
             tombstones: st.tombstones,
+            unindexed: st.unindexed(),
             wal_bytes,
         }
     }
@@ -514,7 +651,7 @@ impl Collection {
         let st = self.state.read();
         st.docs.get(id).map(|e| Doc {
             id: id.to_owned(),
-            vector: st.slots[e.slot].as_ref().expect("live").1.clone(),
+            vector: st.vector(e.slot).to_vec(),
             text: e.text.clone(),
             metadata: e.metadata.clone(),
         })
@@ -576,38 +713,42 @@ impl Collection {
         }
         let st = self.state.read();
         let keep = |slot: usize| -> bool {
-            match &st.slots[slot] {
+            match &st.ids[slot] {
                 None => false,
-                Some((id, _)) => req.filter.is_none_or(|f| f.matches(&st.docs[id].metadata)),
+                Some(id) => req.filter.is_none_or(|f| f.matches(&st.docs[id].metadata)),
             }
         };
+        let score = |s: usize| metric.score(&q, st.vector(s));
         let want = req.k.min(st.docs.len());
         let mut scored: Vec<(f32, usize)> = Vec::new();
         if !req.exact && st.docs.len() >= EXACT_BELOW {
             let ef = req.ef.unwrap_or(default_ef).max(req.k);
-            let f = |id: &usize| keep(*id);
-            // The unfiltered search is cheaper; it is exact when nothing needs skipping.
-            let filter: Option<&dyn hnsw_rs::prelude::FilterT> =
-                if req.filter.is_none() && st.tombstones == 0 {
-                    None
-                } else {
-                    Some(&f)
-                };
+            // Slots the graph does not hold yet are scored exactly below; nodes being
+            // inserted right now may already be reachable, and are skipped here.
+            let indexed = st.indexed.load(Ordering::Acquire);
+            let accept = |n: u32| (n as usize) < indexed && keep(n as usize);
+            let clean = req.filter.is_none() && st.tombstones == 0 && indexed == st.ids.len();
+            // Unfiltered is cheaper, and exact when nothing needs skipping.
+            let filter: Option<&dyn Fn(u32) -> bool> = if clean { None } else { Some(&accept) };
             scored = st
                 .graph
-                .search_filter(&q, req.k, ef, filter)
+                .search(&st.vectors, &q, req.k, ef, filter)
                 .into_iter()
-                .filter(|n| keep(n.d_id))
-                .map(|n| (metric.score_of_distance(n.distance), n.d_id))
+                .map(|n| (metric.score_of_distance(n.d), n.n as usize))
                 .collect();
+            scored.extend(
+                (indexed..st.ids.len())
+                    .filter(|&s| keep(s))
+                    .map(|s| (score(s), s)),
+            );
         }
         if scored.len() < want {
-            scored = (0..st.slots.len())
+            scored = (0..st.ids.len())
                 .filter(|&s| keep(s))
-                .map(|s| (metric.score(&q, &st.slots[s].as_ref().expect("kept").1), s))
+                .map(|s| (score(s), s))
                 .collect();
         }
-        let id_of = |s: usize| &st.slots[s].as_ref().expect("kept").0;
+        let id_of = |s: usize| st.ids[s].as_ref().expect("kept");
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id_of(a.1).cmp(id_of(b.1))));
         scored.truncate(req.k);
         Ok(scored
@@ -625,25 +766,6 @@ impl Collection {
             })
             .collect())
     }
-}
-
-/// The same state with dense slots (no tombstones) and a graph over them.
-fn compacted(mut st: State, cfg: &CollectionConfig, live: &[usize]) -> State {
-    st.graph = Arc::new(new_graph(cfg, live.len()));
-    let mut remap = HashMap::with_capacity(live.len());
-    let mut slots = Vec::with_capacity(live.len());
-    for (new, &old) in live.iter().enumerate() {
-        remap.insert(old, new);
-        slots.push(st.slots[old].take());
-    }
-    st.slots = slots;
-    for e in st.docs.values_mut() {
-        e.slot = remap[&e.slot];
-    }
-    st.tombstones = 0;
-    let all: Vec<usize> = (0..st.slots.len()).collect();
-    st.index(&all);
-    st
 }
 
 fn write_manifest(dir: &Path, config: &CollectionConfig) -> Result<()> {

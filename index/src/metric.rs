@@ -57,11 +57,54 @@ fn l2_body(a: &[f32], b: &[f32]) -> f32 {
     sum_pairs(a, b, |x, y| (x - y) * (x - y))
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (mut s0, mut s1, mut s2, mut s3) = (
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+        _mm512_setzero_ps(),
+    );
+    let mut i = 0;
+    // SAFETY: every load reads 16 floats at `i + 16j < n` from slices of length ≥ n.
+    unsafe {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let ld = |p: *const f32, at: usize| _mm512_loadu_ps(p.add(at));
+        while i + 64 <= n {
+            s0 = _mm512_fmadd_ps(ld(pa, i), ld(pb, i), s0);
+            s1 = _mm512_fmadd_ps(ld(pa, i + 16), ld(pb, i + 16), s1);
+            s2 = _mm512_fmadd_ps(ld(pa, i + 32), ld(pb, i + 32), s2);
+            s3 = _mm512_fmadd_ps(ld(pa, i + 48), ld(pb, i + 48), s3);
+            i += 64;
+        }
+        while i + 16 <= n {
+            s0 = _mm512_fmadd_ps(ld(pa, i), ld(pb, i), s0);
+            i += 16;
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+    _mm512_reduce_add_ps(s)
+        + a[i..n]
+            .iter()
+            .zip(&b[i..n])
+            .map(|(x, y)| x * y)
+            .sum::<f32>()
+}
+
 macro_rules! dispatch {
-    ($name:ident, $body:ident) => {
+    ($name:ident, $body:ident $(, $wide:ident)?) => {
         pub fn $name(a: &[f32], b: &[f32]) -> f32 {
             #[cfg(target_arch = "x86_64")]
             {
+                $(
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has AVX-512F.
+                        return unsafe { $wide(a, b) };
+                    }
+                )?
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast(a: &[f32], b: &[f32]) -> f32 {
                     $body(a, b)
@@ -78,7 +121,7 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(dot, dot_body);
+dispatch!(dot, dot_body, dot_avx512);
 dispatch!(l2_squared, l2_body);
 
 impl Metric {
@@ -90,28 +133,21 @@ impl Metric {
         }
     }
 
-    /// Graph distance (lower is closer) to score.
-    pub fn score_of_distance(self, d: f32) -> f32 {
+    /// The graph's distance (lower is closer): `-dot` for cosine and dot, squared
+    /// Euclidean for l2.
+    #[inline]
+    pub(crate) fn distance(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
-            Metric::Cosine => 1.0 - d,
-            Metric::Dot => -d.ln(),
-            Metric::L2 => -d.max(0.0).sqrt(),
+            Metric::Cosine | Metric::Dot => -dot(a, b),
+            Metric::L2 => l2_squared(a, b),
         }
     }
-}
 
-/// The distance hnsw_rs orders by, which it requires to be non-negative:
-/// `1 - cos` (clamped at 0 against rounding), `e^{-dot}` (monotone and positive; dot
-/// products beyond ±87 saturate and tie), or squared L2.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GraphDistance(pub Metric);
-
-impl hnsw_rs::prelude::Distance<f32> for GraphDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        match self.0 {
-            Metric::Cosine => (1.0 - dot(a, b)).max(0.0),
-            Metric::Dot => (-dot(a, b).clamp(-87.0, 87.0)).exp(),
-            Metric::L2 => l2_squared(a, b),
+    /// Graph distance to score (the same number [`Metric::score`] gives).
+    pub(crate) fn score_of_distance(self, d: f32) -> f32 {
+        match self {
+            Metric::Cosine | Metric::Dot => -d,
+            Metric::L2 => -d.max(0.0).sqrt(),
         }
     }
 }

@@ -39,13 +39,17 @@ pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 pub(crate) fn put_doc(out: &mut Vec<u8>, d: &Doc) {
-    put_str(out, &d.id);
-    put_u32(out, d.vector.len() as u32);
-    for x in &d.vector {
+    put_doc_parts(out, &d.id, &d.vector, &d.text, &d.metadata);
+}
+
+pub(crate) fn put_doc_parts(out: &mut Vec<u8>, id: &str, vector: &[f32], text: &str, meta: &Value) {
+    put_str(out, id);
+    put_u32(out, vector.len() as u32);
+    for x in vector {
         out.extend_from_slice(&x.to_le_bytes());
     }
-    put_str(out, &d.text);
-    put_str(out, &d.metadata.to_string());
+    put_str(out, text);
+    put_str(out, &meta.to_string());
 }
 
 /// A cursor over encoded bytes; every read checks bounds.
@@ -107,6 +111,11 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn done(&self) -> bool {
         self.pos == self.buf.len()
+    }
+
+    /// What is left to read.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
     }
 }
 
