@@ -50,6 +50,10 @@ for kind in iaa-l houlsby lora bitfit iaa-s iaa-m; do
   RUNS[$kind-lr3e-3-e2]="${RUNS[$kind]} --lr 3e-3 --epochs 2"
 done
 RUNS[full-e2]="${RUNS[full]} --epochs 2"
+# The larger budgets in the second recipe.
+for kind in iaa-l-large houlsby-large lora-large; do
+  RUNS[$kind-lr3e-3-e2]="${RUNS[$kind]} --lr 3e-3 --epochs 2"
+done
 
 ORDER=("$@")
 if [ ${#ORDER[@]} -eq 0 ]; then

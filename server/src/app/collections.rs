@@ -55,6 +55,7 @@ fn describe(s: &Shared, c: &Collection) -> serde_json::Value {
         "hnsw": cfg.hnsw,
         "count": st.count,
         "tombstones": st.tombstones,
+        "unindexed": st.unindexed,
         "status": status(&cfg, job.as_ref()),
         "reembed": job,
     })
