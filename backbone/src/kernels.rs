@@ -31,6 +31,18 @@ fn threads() -> Parallelism {
     }
 }
 
+/// Products below this many multiply-adds run on the calling thread: handing an
+/// adapter's small per-group matmul to the pool costs more than it saves.
+const SERIAL_BELOW: usize = 1 << 20;
+
+fn threads_for(macs: usize) -> Parallelism {
+    if macs < SERIAL_BELOW {
+        Parallelism::None
+    } else {
+        threads()
+    }
+}
+
 /// A pointer that may cross threads; every user writes a disjoint region.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -146,11 +158,15 @@ fn fused_linear(
             }
         })??;
     } else {
+        let macs = n * o * k;
         if let Some(b) = b {
             with_slice(b, |b| {
-                out.par_chunks_mut(o).for_each(|row| {
-                    row.iter_mut().zip(b).for_each(|(r, b)| *r += b);
-                });
+                let add = |row: &mut [f32]| row.iter_mut().zip(b).for_each(|(r, b)| *r += b);
+                if macs < SERIAL_BELOW {
+                    out.chunks_mut(o).for_each(add);
+                } else {
+                    out.par_chunks_mut(o).for_each(add);
+                }
             })?;
         }
         let read_dst = target.is_some() || b.is_some();
@@ -179,7 +195,7 @@ fn fused_linear(
                         false,
                         false,
                         false,
-                        threads(),
+                        threads_for(macs),
                     )
                 }
             })
@@ -196,10 +212,43 @@ fn fused_linear(
 /// Returns the context `[b, t, d]`; rows of padded positions are zero.
 pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
     let (b, t, d3) = qkv.dims3()?;
+    let starts: Vec<usize> = (0..b).map(|i| i * t).collect();
+    let lengths: Vec<usize> = lengths.iter().map(|&l| l.min(t)).collect();
+    let ctx = attend(qkv, b * t, &starts, &lengths, heads)?;
+    Tensor::from_vec(ctx, (b, t, d3 / 3), &Device::Cpu)
+}
+
+/// The same over token-packed projections `qkv` `[n, 1, 3d]`: sequence `i` is the
+/// `lengths[i]` rows from `starts[i]`, with no padding anywhere. Returns `[n, 1, d]`.
+pub fn attention_packed(
+    qkv: &Tensor,
+    starts: &[usize],
+    lengths: &[usize],
+    heads: usize,
+) -> Result<Tensor> {
+    let (n, one, d3) = qkv.dims3()?;
+    if one != 1 || starts.iter().zip(lengths).any(|(s, l)| s + l > n) {
+        candle_core::bail!("attention_packed: sequences reach past the {n} packed rows");
+    }
+    let ctx = attend(qkv, n, starts, lengths, heads)?;
+    Tensor::from_vec(ctx, (n, 1, d3 / 3), &Device::Cpu)
+}
+
+/// Attention of every (sequence, head) over `rows` rows of `qkv` at row stride 3d;
+/// sequence `i` is rows `starts[i] .. starts[i] + lengths[i]`.
+fn attend(
+    qkv: &Tensor,
+    rows: usize,
+    starts: &[usize],
+    lengths: &[usize],
+    heads: usize,
+) -> Result<Vec<f32>> {
+    let d3 = *qkv.dims().last().expect("rank 3");
+    let b = lengths.len();
     let d = d3 / 3;
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut ctx = vec![0f32; b * t * d];
+    let mut ctx = vec![0f32; rows * d];
     let out = SendPtr(ctx.as_mut_ptr());
     let packed_f32 = crate::packed::Precision::F32.supported();
     with_slice(qkv, |src| {
@@ -207,14 +256,14 @@ pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor
             .into_par_iter()
             .for_each_init(Vec::<f32>::new, |scores, job| {
                 let (bi, h) = (job / heads, job % heads);
-                let len = lengths[bi].min(t);
+                let len = lengths[bi];
                 if len == 0 {
                     return;
                 }
                 // Copy the whole wrapper: the closure must not capture its raw field.
                 #[allow(clippy::redundant_locals)]
                 let out = out;
-                let base = bi * t * d3 + h * hd;
+                let base = starts[bi] * d3 + h * hd;
                 if packed_f32 {
                     // SAFETY: the head's q, k, v rows lie inside `src` at stride 3d;
                     // the context block [len, hd] at row stride d is this job's alone.
@@ -226,7 +275,7 @@ pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor
                             hd,
                             len,
                             scale,
-                            out.0.add(bi * t * d + h * hd),
+                            out.0.add(starts[bi] * d + h * hd),
                             d,
                             scores,
                         );
@@ -270,7 +319,7 @@ pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor
                         len,
                         hd,
                         len,
-                        out.0.add(bi * t * d + h * hd),
+                        out.0.add(starts[bi] * d + h * hd),
                         1,
                         d as isize,
                         false,
@@ -290,7 +339,7 @@ pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor
                 }
             });
     })?;
-    Tensor::from_vec(ctx, (b, t, d), &Device::Cpu)
+    Ok(ctx)
 }
 
 /// `LayerNorm(x + y)` over the last dimension.

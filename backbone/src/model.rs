@@ -570,11 +570,15 @@ impl Bert {
             )));
         }
         let fast = mode == Mode::Inference && self.device.is_cpu();
+        if fast && inp.lengths.iter().any(|&l| l > 0) {
+            return self.forward_packed(inp, groups, ranges);
+        }
         let f = Fwd {
             m: self,
             groups,
             mode,
             lengths: &inp.lengths,
+            starts: None,
             ranges,
         };
         let d = self.config.hidden_size;
@@ -602,6 +606,76 @@ impl Bert {
         }
         apply_per_group(&h, groups, |hk, r, t| hk.encoder(&rows(&e, r)?, t)).map_err(Error::from)
     }
+
+    /// The CPU inference forward over packed tokens: the real tokens of every row laid
+    /// end to end as `[n, 1, d]`, so no padding position costs a matmul row or an
+    /// attention score. Groups become token ranges (every hook is row-wise), attention
+    /// runs per sequence, and the result is laid back out as `[b, t, d]` with zeros
+    /// at padded positions, as the padded forward gives.
+    fn forward_packed(
+        &self,
+        inp: &BatchInputs,
+        groups: &[Group<'_>],
+        ranges: Option<&std::sync::Mutex<Vec<LayerRanges>>>,
+    ) -> Result<Tensor> {
+        let (b, t) = inp.input_ids.dims2()?;
+        let d = self.config.hidden_size;
+        let lengths: Vec<usize> = inp.lengths.iter().map(|&l| l.min(t)).collect();
+        let mut starts = Vec::with_capacity(b + 1);
+        let mut n = 0;
+        for &len in &lengths {
+            starts.push(n);
+            n += len;
+        }
+        starts.push(n);
+        let all_ids = inp.input_ids.flatten_all()?.to_vec1::<u32>()?;
+        let all_types = inp.token_type_ids.flatten_all()?.to_vec1::<u32>()?;
+        let (mut ids, mut types, mut pos) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (i, &len) in lengths.iter().enumerate() {
+            ids.extend_from_slice(&all_ids[i * t..i * t + len]);
+            types.extend_from_slice(&all_types[i * t..i * t + len]);
+            pos.extend(0..len as u32);
+        }
+        let index = |v: Vec<u32>| Tensor::from_vec(v, n, &self.device);
+        let e = self
+            .word
+            .index_select(&index(ids)?, 0)?
+            .add(&self.token_type.index_select(&index(types)?, 0)?)?
+            .add(&self.position.index_select(&index(pos)?, 0)?)?
+            .reshape((n, 1, d))?;
+        let token_groups: Vec<Group<'_>> = groups
+            .iter()
+            .map(|g| Group {
+                rows: starts[g.rows.start]..starts[g.rows.end],
+                hooks: g.hooks,
+            })
+            .collect();
+        let f = Fwd {
+            m: self,
+            groups: &token_groups,
+            mode: Mode::Inference,
+            lengths: &lengths,
+            starts: Some(&starts),
+            ranges,
+        };
+        let e = f.norm(&e, &self.emb_ln)?;
+        let mut h = e.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            h = f.layer_fast(l, layer, self.packed.get(l), &h)?;
+        }
+        let h = apply_per_group(&h, &token_groups, |hk, r, t| hk.encoder(&rows(&e, r)?, t))?;
+        let packed = h.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; b * t * d];
+        for (i, &len) in lengths.iter().enumerate() {
+            out[i * t * d..(i * t + len) * d]
+                .copy_from_slice(&packed[starts[i] * d..(starts[i] + len) * d]);
+        }
+        Ok(Tensor::from_vec(out, (b, t, d), &self.device)?)
+    }
 }
 
 /// max |x_j| per input channel of a layer's qkv, attention-output, intermediate and
@@ -613,19 +687,24 @@ struct Fwd<'a> {
     m: &'a Bert,
     groups: &'a [Group<'a>],
     mode: Mode,
+    /// Real tokens of each sequence.
     lengths: &'a [usize],
+    /// Token-packed forward: the first row of each sequence (`[n, 1, d]` tensors);
+    /// `None` for the padded `[b, t, d]` layout.
+    starts: Option<&'a [usize]>,
     /// Calibration: input ranges of the linears, recorded on the fast path.
     ranges: Option<&'a std::sync::Mutex<Vec<LayerRanges>>>,
 }
 
 impl Fwd<'_> {
-    /// Records max |x_j| over the real (unpadded) tokens of `x` `[b, t, k]` as input
-    /// `slot` of layer `l`'s linears.
+    /// Records max |x_j| over the real (unpadded) tokens of `x` as input `slot` of
+    /// layer `l`'s linears.
     fn record(&self, l: usize, slot: usize, x: &Tensor) -> candle_core::Result<()> {
         let Some(ranges) = self.ranges else {
             return Ok(());
         };
         let (_, t, k) = x.dims3()?;
+        let first = |i: usize| self.starts.map_or(i * t, |s| s[i]);
         let v = x.flatten_all()?.to_vec1::<f32>()?;
         let mut all = ranges.lock().expect("calibration lock");
         while all.len() <= l {
@@ -634,7 +713,7 @@ impl Fwd<'_> {
         let r = &mut all[l][slot];
         r.resize(k, 0.0);
         for (i, len) in self.lengths.iter().enumerate() {
-            for row in v[i * t * k..].chunks(k).take(*len) {
+            for row in v[first(i) * k..].chunks(k).take(*len) {
                 for (m, x) in r.iter_mut().zip(row) {
                     *m = m.max(x.abs());
                 }
@@ -742,7 +821,12 @@ impl Fwd<'_> {
         if any {
             qkv = Tensor::cat(&parts, 2)?;
         }
-        let ctx = kernels::attention(&qkv, self.lengths, cfg.num_attention_heads)?;
+        let ctx = match self.starts {
+            Some(starts) => {
+                kernels::attention_packed(&qkv, starts, self.lengths, cfg.num_attention_heads)?
+            }
+            None => kernels::attention(&qkv, self.lengths, cfg.num_attention_heads)?,
+        };
         self.record(l, 1, &ctx)?;
         let a = self.dense_fast(
             l,
