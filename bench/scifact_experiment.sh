@@ -50,6 +50,10 @@ for kind in iaa-l houlsby lora bitfit iaa-s iaa-m; do
   RUNS[$kind-lr3e-3-e2]="${RUNS[$kind]} --lr 3e-3 --epochs 2"
 done
 RUNS[full-e2]="${RUNS[full]} --epochs 2"
+# Re-ranking with the head at ten times the adapter's rate, 120 steps.
+for kind in iaa-l houlsby lora; do
+  RUNS[rerank-$kind-head]="${RUNS[rerank-$kind]} --lr 3e-3 --head-lr 3e-2 --max-steps 120"
+done
 # The larger budgets in the second recipe.
 for kind in iaa-l-large houlsby-large lora-large; do
   RUNS[$kind-lr3e-3-e2]="${RUNS[$kind]} --lr 3e-3 --epochs 2"

@@ -33,6 +33,9 @@ pub struct Slot {
     pub var: Var,
     pub m: Tensor,
     pub v: Tensor,
+    /// This tensor's learning rate relative to the schedule's (1 for all but a
+    /// rerank head given its own rate).
+    pub lr_scale: f64,
 }
 
 /// AdamW over named variables (decoupled weight decay, bias-corrected moments).
@@ -54,6 +57,7 @@ impl AdamW {
                     m: z.clone(),
                     v: z,
                     var,
+                    lr_scale: 1.0,
                 })
             })
             .collect::<candle_core::Result<_>>()?;
@@ -62,6 +66,14 @@ impl AdamW {
             slots,
             step: 0,
         })
+    }
+
+    /// Scales the learning rate of the tensors whose names start with `prefix`.
+    pub fn scale_lr(&mut self, prefix: &str, scale: f64) {
+        self.slots
+            .iter_mut()
+            .filter(|s| s.name.starts_with(prefix))
+            .for_each(|s| s.lr_scale = scale);
     }
 
     /// Trainable parameters in all.
@@ -86,6 +98,7 @@ impl AdamW {
             let mhat = (&s.m / bc1)?;
             let vhat = (&s.v / bc2)?;
             let update = (mhat / (vhat.sqrt()? + c.eps)?)?;
+            let lr = lr * s.lr_scale;
             let w = s.var.as_tensor().detach();
             let decayed = (&w * (1.0 - lr * c.weight_decay))?;
             s.var.set(&(decayed - (update * lr)?)?)?;

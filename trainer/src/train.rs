@@ -44,6 +44,10 @@ pub struct TrainConfig {
     /// Negatives are drawn from the base model's top `negative_depth` (positives excluded).
     pub negative_depth: usize,
     pub lr: f64,
+    /// Rerank: the head's peak learning rate (none: `lr`). A head starts from random
+    /// weights while the adapter starts from the identity, so it may need more.
+    #[serde(default)]
+    pub head_lr: Option<f64>,
     pub weight_decay: f64,
     /// Fraction of the steps spent warming up.
     pub warmup: f64,
@@ -199,7 +203,7 @@ impl<'a> Trainer<'a> {
                 )
             }
         };
-        let opt = AdamW::new(
+        let mut opt = AdamW::new(
             vars,
             AdamWConfig {
                 lr: config.lr,
@@ -207,6 +211,15 @@ impl<'a> Trainer<'a> {
                 ..Default::default()
             },
         )?;
+        if let Some(head_lr) = config.head_lr {
+            if task != Task::Rerank {
+                bail!("a head learning rate applies to rerank training only");
+            }
+            if !(head_lr > 0.0 && head_lr.is_finite()) {
+                bail!("the head learning rate must be positive, got {head_lr}");
+            }
+            opt.scale_lr("head.", head_lr / config.lr);
+        }
         Ok(Trainer {
             backbone,
             data,

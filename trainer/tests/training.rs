@@ -61,6 +61,7 @@ fn config(task: Task, lr: f64) -> TrainConfig {
         negatives: 1,
         negative_depth: 5,
         lr,
+        head_lr: None,
         weight_decay: 0.0,
         warmup: 0.1,
         clip: 1.0,
@@ -267,6 +268,50 @@ fn rerank_training_lowers_the_cross_entropy_and_keeps_a_head() {
     let a = t.adapter().unwrap();
     assert_eq!(a.task(), Task::Rerank);
     assert!(a.tensors().contains_key("head.weight"));
+}
+
+#[test]
+fn a_head_learning_rate_moves_the_head_further_and_only_for_rerank() {
+    let f = fixture();
+    let data = set(&f, 0);
+    let mut m = meta(Kind::IaaL, Some(4), Some(8));
+    m.task = Task::Rerank;
+    let moved = |head_lr: Option<f64>| {
+        let mut cfg = config(Task::Rerank, 1e-3);
+        cfg.negatives = 3;
+        cfg.max_steps = 4;
+        cfg.head_lr = head_lr;
+        let mut t = Trainer::new(&f.backbone, &data, Target::Adapter(m.clone()), cfg).unwrap();
+        let start = t.adapter().unwrap().tensors()["head.weight"]
+            .copy()
+            .unwrap();
+        t.run(&mut quiet()).unwrap();
+        let end = t.adapter().unwrap().tensors()["head.weight"].clone();
+        (end - start)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (same, faster) = (moved(None), moved(Some(3e-2)));
+    assert!(
+        faster > 5.0 * same,
+        "head moved {same} at lr, {faster} at 30x lr"
+    );
+    let mut cfg = config(Task::Retrieval, 1e-3);
+    cfg.head_lr = Some(1e-2);
+    let err = Trainer::new(
+        &f.backbone,
+        &data,
+        Target::Adapter(meta(Kind::IaaL, Some(4), Some(8))),
+        cfg,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("rerank"), "{err}");
 }
 
 #[test]

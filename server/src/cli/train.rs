@@ -53,6 +53,9 @@ pub struct TrainArgs {
     /// Peak learning rate (default: 2e-5 for full, 1e-3 for adapters).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Rerank: peak learning rate of the head (default: the same as --lr).
+    #[arg(long)]
+    pub head_lr: Option<f64>,
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
     /// Fraction of the steps spent warming up (then linear decay to 0).
@@ -180,6 +183,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         lr: a
             .lr
             .unwrap_or(if target == Target::Full { 2e-5 } else { 1e-3 }),
+        head_lr: a.head_lr,
         weight_decay: a.weight_decay,
         warmup: a.warmup,
         clip: a.clip,
