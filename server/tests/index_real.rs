@@ -129,6 +129,10 @@ fn graph_recall_on_real_embeddings_within_budget_and_after_reopening() {
     };
     let index = Index::open(dir.path()).unwrap();
     let c = index.get("titles").unwrap();
-    assert_eq!(c.stats().unindexed, 0, "the graph is read from the snapshot");
+    assert_eq!(
+        c.stats().unindexed,
+        0,
+        "the graph is read from the snapshot"
+    );
     assert_eq!(recall(&c, &qv), before);
 }
