@@ -9,25 +9,8 @@ use aside_adapters::testing::random_adapter;
 use aside_adapters::{format, Dims, Kind, Meta, Task};
 use aside_backbone::testing::real_model;
 use aside_backbone::{Backbone, LoadOptions};
-use common::{wait_for, Server};
+use common::{scifact, wait_for, Server};
 use serde_json::json;
-
-fn scifact() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("ASIDE_SCIFACT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/scifact").into()
-        });
-    if dir.join("corpus.jsonl").is_file() {
-        return Some(dir);
-    }
-    let msg = format!("SciFact not found at {} (set ASIDE_SCIFACT)", dir.display());
-    if std::env::var("ASIDE_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
 
 fn adapter(b: &Backbone, kind: Kind, task: Task, seed: u64) -> Vec<u8> {
     let mut m = Meta::new(kind, task);

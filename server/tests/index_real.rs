@@ -2,26 +2,12 @@
 //! real model, graph search against exact search with an explicit failure budget,
 //! then the same after a snapshot and reopening (the graph read back, not rebuilt).
 
+mod common;
+
 use aside_backbone::testing::real_model;
 use aside_backbone::{Backbone, EncodeOptions, Input, Item, LoadOptions};
 use aside_index::{CollectionConfig, Doc, HnswParams, Index, Metric, SearchRequest, Space};
-
-fn scifact() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("ASIDE_SCIFACT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/scifact").into()
-        });
-    if dir.join("corpus.jsonl").is_file() {
-        return Some(dir);
-    }
-    let msg = format!("SciFact not found at {} (set ASIDE_SCIFACT)", dir.display());
-    if std::env::var("ASIDE_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
+use common::scifact;
 
 fn field(line: &str, key: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -188,3 +188,22 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The SciFact folder (`ASIDE_SCIFACT`, or the shared copy beside the project);
+/// `None` with a SKIPPED line when absent, a panic under `ASIDE_REQUIRE_MODEL=1`.
+pub fn scifact() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("ASIDE_SCIFACT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/scifact").into()
+        });
+    if dir.join("corpus.jsonl").is_file() {
+        return Some(dir);
+    }
+    let msg = format!("SciFact not found at {} (set ASIDE_SCIFACT)", dir.display());
+    if std::env::var("ASIDE_REQUIRE_MODEL").as_deref() == Ok("1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
