@@ -18,8 +18,8 @@ mkdir -p "$OUT"
 # train split, 16 queries a step with one mined hard negative each, documents cut at
 # 128 tokens for training (evaluation uses 256), seed 42.
 # A run may name its own --epochs (default 1) and --lr (the kind's default).
-COMMON=(--model "$MODEL" --data "$DATA" --split train --batch-size 16
-        --doc-max-length 128 --seed 42 --target-loss 0.3)
+# A run's own --batch-size or --doc-max-length replaces the common one.
+COMMON=(--model "$MODEL" --data "$DATA" --split train --seed 42 --target-loss 0.3)
 
 declare -A RUNS=(
   [iaa-l]="--kind iaa-l --r 12 --ar 12"
@@ -75,9 +75,11 @@ for name in "${ORDER[@]}"; do
   if [ ! -e "$dir/train.done" ]; then
     echo "== train $name: $args"
     # shellcheck disable=SC2086
-    epochs=(--epochs 1)
-    [[ $args == *"--epochs"* ]] && epochs=()
-    "$ASIDE" train "${COMMON[@]}" "${epochs[@]}" $args -o "$out" --log-dir "$dir/train" --title "$name" \
+    defaults=()
+    [[ $args == *"--epochs"* ]] || defaults+=(--epochs 1)
+    [[ $args == *"--batch-size"* ]] || defaults+=(--batch-size 16)
+    [[ $args == *"--doc-max-length"* ]] || defaults+=(--doc-max-length 128)
+    "$ASIDE" train "${COMMON[@]}" "${defaults[@]}" $args -o "$out" --log-dir "$dir/train" --title "$name" \
       2> "$dir/train.log"
     touch "$dir/train.done"
   fi

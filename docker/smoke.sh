@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the image from docker/Dockerfile (the file users build), runs it, waits for
 # /health, embeds one text over HTTP and checks the gRPC port answers, then removes
-# the container.
+# the container and the image (KEEP_IMAGE=1 keeps the image).
 #
 #   docker/smoke.sh                 # with docker or podman and reachable base images
 #   docker/smoke.sh --local-bases   # CI: as root, with no image registry reachable
@@ -90,20 +90,39 @@ else
 fi
 
 build_args=(--network host -f docker/Dockerfile -t "$IMAGE")
-# podman writes OCI images unless told otherwise, and OCI has no HEALTHCHECK.
-[[ ${ENGINE[0]} == podman ]] && build_args+=(--format docker)
+if [[ ${ENGINE[0]} == podman ]]; then
+  # podman writes OCI images unless told otherwise, and OCI has no HEALTHCHECK.
+  # --layers=false: one commit per stage instead of one per instruction; under the
+  # vfs driver every commit is a full copy of the tree (~1.4 GB for the build stage),
+  # and a run that kept them filled the CI disk.
+  build_args+=(--format docker --layers=false)
+fi
+if [[ $local_bases == 1 ]]; then
+  # What an earlier run left behind (it may have been killed before its cleanup).
+  "${ENGINE[@]}" rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  "${ENGINE[@]}" image prune -f >/dev/null 2>&1 || true
+fi
 # Reuse this machine's crate downloads when podman can mount them.
 if [[ ${ENGINE[0]} == podman && -d "${CARGO_HOME:-$HOME/.cargo}/registry" ]]; then
   build_args+=(-v "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry")
 fi
+name=aside-smoke-$$
+# The container, then the image; on a CI machine (--local-bases) also the build
+# stage's unnamed image, so that nothing is kept between runs but the base images.
+cleanup() {
+  "${ENGINE[@]}" rm -f "$name" >/dev/null 2>&1 || true
+  [[ ${KEEP_IMAGE:-0} == 1 ]] && return
+  "${ENGINE[@]}" rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  if [[ $local_bases == 1 ]]; then
+    "${ENGINE[@]}" image prune -f >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
 log "building $IMAGE with ${ENGINE[*]}"
 t0=$(date +%s)
 "${ENGINE[@]}" build "${build_args[@]}" .
 log "built in $(( $(date +%s) - t0 )) s"
 
-name=aside-smoke-$$
-cleanup() { "${ENGINE[@]}" rm -f "$name" >/dev/null 2>&1 || true; }
-trap cleanup EXIT
 run_args=(-d --name "$name" -p "127.0.0.1:$PORT:8080" -p "127.0.0.1:$GRPC_PORT:50051")
 [[ ${ENGINE[0]} == podman ]] && run_args=(-d --name "$name" --network host -e ASIDE_PORT=$PORT -e ASIDE_GRPC_PORT=$GRPC_PORT -e ASIDE_HOST=127.0.0.1)
 "${ENGINE[@]}" run "${run_args[@]}" "$IMAGE" >/dev/null
