@@ -80,6 +80,17 @@ fn apply_epilogue(out: &mut [f32], epi: Epilogue) {
     }
 }
 
+/// An activation over a slice, on the calling thread.
+pub(crate) fn activate_slice(xs: &mut [f32], epi: Epilogue) {
+    match epi {
+        Epilogue::None => {}
+        Epilogue::Gelu => simd::gelu(xs),
+        Epilogue::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Epilogue::Swish => simd::swish(xs),
+        Epilogue::Tanh => simd::tanh(xs),
+    }
+}
+
 /// An activation over a tensor, on the rayon pool.
 pub fn activate(x: &Tensor, epi: Epilogue) -> Result<Tensor> {
     let mut out = with_slice(x, |s| s.to_vec())?;
@@ -138,6 +149,41 @@ fn fused_linear(
                 n * o
             );
         }
+    }
+    if let (Some(pw), None) = (packed, target) {
+        // Written in place, activation included: no zero-fill, no second pass.
+        if pw.dims() != (o, k) {
+            candle_core::bail!("linear: packed weight is {:?}, not [{o}, {k}]", pw.dims());
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(n * o);
+        with_slice(x, |xs| match b {
+            Some(b) => with_slice(b, |bs| {
+                pw.matmul_into(
+                    xs,
+                    n,
+                    &mut out.spare_capacity_mut()[..n * o],
+                    Some(bs),
+                    scale,
+                    epi,
+                )
+            }),
+            None => {
+                pw.matmul_into(
+                    xs,
+                    n,
+                    &mut out.spare_capacity_mut()[..n * o],
+                    None,
+                    scale,
+                    epi,
+                );
+                Ok(())
+            }
+        })??;
+        // SAFETY: `matmul_into` wrote all n·o elements.
+        unsafe { out.set_len(n * o) };
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = o;
+        return Tensor::from_vec(out, shape, &Device::Cpu);
     }
     let mut out = match target {
         Some(t) => with_slice(t, |t| t.to_vec())?,

@@ -30,6 +30,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::Epilogue;
+
 /// Output columns per packed panel: two `zmm` registers of f32.
 pub const NR: usize = 32;
 /// Rows per micro-tile: f32, and int8 (whose two weight planes double the
@@ -276,9 +278,54 @@ impl PackedWeight {
         bias: Option<&[f32]>,
         scale: f32,
     ) {
+        assert_eq!(out.len(), n * self.o, "output is not [{n}, {}]", self.o);
+        // SAFETY: `out` is n·o initialised, writable floats.
+        unsafe {
+            self.product(
+                x,
+                n,
+                out.as_mut_ptr(),
+                accumulate,
+                bias,
+                scale,
+                Epilogue::None,
+            )
+        }
+    }
+
+    /// `out = act(bias + scale · x Wᵀ)` into uninitialised memory (no zero-fill
+    /// first): every element of `out` is written. The activation is applied by each
+    /// job to the tiles it has just computed, while they are still in cache.
+    pub fn matmul_into(
+        &self,
+        x: &[f32],
+        n: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        bias: Option<&[f32]>,
+        scale: f32,
+        act: Epilogue,
+    ) {
+        assert_eq!(out.len(), n * self.o, "output is not [{n}, {}]", self.o);
+        // SAFETY: `out` has n·o writable slots; with `accumulate` false nothing is
+        // read from them before it is written.
+        unsafe { self.product(x, n, out.as_mut_ptr() as *mut f32, false, bias, scale, act) }
+    }
+
+    /// # Safety
+    /// `out` points to `n·o` writable floats, initialised when `accumulate`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        &self,
+        x: &[f32],
+        n: usize,
+        out: *mut f32,
+        accumulate: bool,
+        bias: Option<&[f32]>,
+        scale: f32,
+        act: Epilogue,
+    ) {
         let (o, k) = (self.o, self.k);
         assert_eq!(x.len(), n * k, "input is not [{n}, {k}]");
-        assert_eq!(out.len(), n * o, "output is not [{n}, {o}]");
         if let Some(b) = bias {
             assert_eq!(b.len(), o, "bias is not [{o}]");
         }
@@ -290,7 +337,7 @@ impl PackedWeight {
             lda: k,
             b: std::ptr::null(),
             steps: k,
-            c: out.as_mut_ptr(),
+            c: out,
             ldc: o,
             cols: o,
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
@@ -303,7 +350,7 @@ impl PackedWeight {
         match &self.data {
             Data::F32(w) => {
                 job.b = w.as_ptr() as *const u8;
-                run(n, &job, Kind::F32);
+                run(n, &job, Kind::F32, act);
             }
             Data::Int8 {
                 q,
@@ -318,10 +365,14 @@ impl PackedWeight {
                 // [CLS] and [SEP]) go through the f32 weight instead.
                 let coarse: Vec<usize> = (0..n).filter(|r| rows[*r].coarse).collect();
                 let mut xf = Vec::with_capacity(coarse.len() * k);
-                let mut of = Vec::with_capacity(coarse.len() * o);
-                for r in &coarse {
+                let mut of = vec![0f32; coarse.len() * o];
+                for (i, r) in coarse.iter().enumerate() {
                     xf.extend_from_slice(&x[r * k..][..k]);
-                    of.extend_from_slice(&out[r * o..][..o]);
+                    if accumulate {
+                        // SAFETY: row r of `out` is initialised when accumulating.
+                        let row = unsafe { std::slice::from_raw_parts(out.add(r * o), o) };
+                        of[i * o..][..o].copy_from_slice(row);
+                    }
                 }
                 job.a = xq.as_ptr() as *const u8;
                 job.lda = k4;
@@ -330,11 +381,23 @@ impl PackedWeight {
                 job.rows = rows.as_ptr();
                 job.col_scale = col_scale.as_ptr();
                 job.col_sum = colsum.as_ptr();
-                run(n, &job, Kind::Int8);
+                run(n, &job, Kind::Int8, act);
                 if !coarse.is_empty() {
-                    fallback.matmul(&xf, coarse.len(), &mut of, accumulate, bias, scale);
+                    // SAFETY: `of` holds coarse.len() initialised rows.
+                    unsafe {
+                        fallback.product(
+                            &xf,
+                            coarse.len(),
+                            of.as_mut_ptr(),
+                            accumulate,
+                            bias,
+                            scale,
+                            act,
+                        )
+                    };
                     for (r, row) in coarse.iter().zip(of.chunks(o)) {
-                        out[r * o..][..o].copy_from_slice(row);
+                        // SAFETY: row r of `out` has o writable floats.
+                        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(r * o), o) };
                     }
                 }
             }
@@ -342,8 +405,9 @@ impl PackedWeight {
     }
 }
 
-/// Splits the product into (row chunk, panel group) jobs on the rayon pool.
-fn run(n: usize, job: &Tile, kind: Kind) {
+/// Splits the product into (row chunk, panel group) jobs on the rayon pool; each job
+/// applies `act` to what it wrote.
+fn run(n: usize, job: &Tile, kind: Kind, act: Epilogue) {
     let panels = job.cols.div_ceil(NR);
     // Rows per chunk: the chunk's share of `x` stays within ~192 KiB of L2 (both
     // kinds read 4 bytes per step and row).
@@ -367,7 +431,17 @@ fn run(n: usize, job: &Tile, kind: Kind) {
         // `b` holds `steps · planes · NR` 4-byte elements; `bias`, `col_scale`,
         // `col_sum` (when set) cover every panel's columns the masks allow; `rows` has
         // n entries. The CPU features were checked when the weight was packed.
-        unsafe { tiles(job, kind, rows, panels) };
+        unsafe { tiles(job, kind, rows.clone(), panels.clone()) };
+        if act != Epilogue::None {
+            let cols = panels.start * NR..(panels.end * NR).min(job.cols);
+            for r in rows {
+                // SAFETY: this job has just written these columns of row r.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(job.c.add(r * job.ldc + cols.start), cols.len())
+                };
+                crate::kernels::activate_slice(row, act);
+            }
+        }
     });
 }
 
@@ -1074,6 +1148,49 @@ mod tests {
                 // Against the true product: int8 rounding costs about 1% here.
                 let rel = (err / norm).sqrt();
                 assert!(rel < 0.03, "{precision} {n}x{o}x{k}: relative error {rel}");
+            }
+        }
+    }
+
+    #[test]
+    fn writing_into_fresh_memory_with_a_fused_activation_matches_a_separate_pass() {
+        for precision in [Precision::F32, Precision::Int8] {
+            if !precision.supported() {
+                eprintln!("SKIPPED: this CPU cannot run {precision}");
+                continue;
+            }
+            for &(n, o, k) in &[(1, 32, 8), (13, 40, 7), (100, 70, 384), (30, 1536, 384)] {
+                let mut x = rand(n * k, 5 + n as u64);
+                // A row with two far channels, which int8 computes through its f32
+                // fallback (where k is large enough for that to matter).
+                let r = n / 2;
+                x[r * k] = 40.0;
+                if k > 1 {
+                    x[r * k + 1] = -40.0;
+                }
+                if precision == Precision::Int8 && k >= 384 {
+                    assert!(quantize_rows(&x, n, k, None).1[r].coarse);
+                }
+                let w = rand(o * k, 6 + o as u64);
+                let b = rand(o, 7);
+                let pw = PackedWeight::new(&w, o, k, precision).unwrap();
+                for act in [Epilogue::None, Epilogue::Gelu, Epilogue::Tanh] {
+                    let mut want = vec![0f32; n * o];
+                    pw.matmul(&x, n, &mut want, false, Some(&b), 0.5);
+                    crate::kernels::activate_slice(&mut want, act);
+                    let mut got: Vec<f32> = Vec::with_capacity(n * o);
+                    pw.matmul_into(
+                        &x,
+                        n,
+                        &mut got.spare_capacity_mut()[..n * o],
+                        Some(&b),
+                        0.5,
+                        act,
+                    );
+                    // SAFETY: matmul_into writes every element.
+                    unsafe { got.set_len(n * o) };
+                    assert_eq!(got, want, "{precision} {n}x{o}x{k} {act:?}");
+                }
             }
         }
     }

@@ -129,6 +129,7 @@ fn train_writes_a_served_adapter_with_logs_and_a_plot() {
         fx.p("data"),
         "--max-length".into(),
         "32".into(),
+        "--no-cache".into(),
         "--json".into(),
     ]);
     ok(&eval);
@@ -169,6 +170,83 @@ fn train_writes_a_served_adapter_with_logs_and_a_plot() {
         !down.status.success(),
         "healthcheck passed with the server stopped"
     );
+}
+
+#[test]
+fn eval_caches_the_corpus_embeddings_and_fuses_rerank_with_retrieval_scores() {
+    let fx = Fx::new();
+    ok(&run(&fx.train_args(
+        "rr.safetensors",
+        &[
+            "--kind", "iaa-l", "--r", "4", "--ar", "8", "--task", "rerank", "--epochs", "1",
+        ],
+    )));
+    let eval = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "eval",
+            "--model",
+            &fx.p("model"),
+            "--data",
+            &fx.p("data"),
+            "--cache-dir",
+            &fx.p("evalcache"),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !extra.contains(&"--max-length") {
+            v.extend(["--max-length".to_string(), "32".to_string()]);
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        let out = run(&v);
+        let err = ok(&out);
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (m, err)
+    };
+    // First run encodes and writes the cache; the second reads it, same figures.
+    let (first, err) = eval(&[]);
+    assert!(!err.contains("cached"), "{err}");
+    let files: Vec<_> = std::fs::read_dir(fx.p("evalcache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (again, err) = eval(&[]);
+    assert!(err.contains("corpus embeddings: cached"), "{err}");
+    assert_eq!(first, again);
+    // A damaged cache file is not trusted: the corpus is encoded again.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &bytes[..bytes.len() - 4]).unwrap();
+    let (third, err) = eval(&[]);
+    assert!(!err.contains("cached"), "{err}");
+    assert_eq!(first, third);
+    // Another max length is another cache entry.
+    let (_, err) = eval(&["--max-length", "24"]);
+    assert!(!err.contains("cached"), "{err}");
+    // Re-ranking with the retrieval score weighted far above the head keeps the
+    // retrieval order, so the figures are retrieval's; the head alone changes them.
+    let rr = fx.p("rr.safetensors");
+    let (fused, _) = eval(&["--rerank", &rr, "--candidates", "10", "--fuse", "1e4"]);
+    assert_eq!(fused["ndcg@10"], first["ndcg@10"]);
+    assert_eq!(fused["mrr@10"], first["mrr@10"]);
+    let (alone, _) = eval(&["--rerank", &rr, "--candidates", "10"]);
+    assert_ne!(alone["ndcg@10"], first["ndcg@10"]);
+    // Bad weights are named.
+    for (args, want) in [
+        (vec!["--fuse", "1"], "needs --rerank"),
+        (vec!["--rerank", rr.as_str(), "--fuse=-1"], "--fuse must be"),
+    ] {
+        let mut v: Vec<String> = ["eval", "--model", &fx.p("model"), "--data", &fx.p("data")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(args.iter().map(|s| s.to_string()));
+        let out = run(&v);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
 }
 
 #[test]

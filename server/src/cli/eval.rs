@@ -31,6 +31,19 @@ pub struct EvalArgs {
     /// Candidates re-ranked per query.
     #[arg(long, default_value_t = 100)]
     pub candidates: usize,
+    /// Re-rank by `head score + FUSE × retrieval score` instead of the head score
+    /// alone (0). The retrieval score is the cosine; 20, the similarity scale the
+    /// retriever was trained with, weighs both as the logits they were trained as.
+    #[arg(long, default_value_t = 0.0)]
+    pub fuse: f32,
+    /// The corpus embeddings are cached here, keyed by everything that decides them
+    /// (model, adapter file, max length, precision, corpus), so that evaluating
+    /// several rerankers over one retriever encodes the corpus once.
+    #[arg(long, default_value = ".aside-cache")]
+    pub cache_dir: PathBuf,
+    /// Neither read nor write the corpus cache.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Retrieve through the HNSW index instead of exact search.
     #[arg(long)]
     pub hnsw: bool,
@@ -78,6 +91,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if reranker.as_ref().is_some_and(|x| x.task() != Task::Rerank) {
         bail!("--rerank must be a rerank adapter");
     }
+    if !a.fuse.is_finite() || a.fuse < 0.0 {
+        bail!("--fuse must be a finite number ≥ 0, not {}", a.fuse);
+    }
+    if a.fuse != 0.0 && reranker.is_none() {
+        bail!("--fuse weighs the retrieval score into re-ranking: it needs --rerank");
+    }
     let data = Beir::load(&a.data, &a.split)?;
     let opts = EncodeOptions {
         max_length: a.max_length,
@@ -92,7 +111,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     );
     let doc_texts: Vec<&str> = data.corpus.iter().map(|(_, t)| t.as_str()).collect();
     let doc_ids: Vec<String> = data.corpus.iter().map(|(i, _)| i.clone()).collect();
-    let docs = encode_with_progress(&b, adapter.as_ref(), &doc_texts, &opts, "encoding corpus")?;
+    let cache = (!a.no_cache)
+        .then(|| corpus_cache_path(&a, &b, &data))
+        .transpose()?;
+    let docs = match cache.as_ref().and_then(|p| read_cache(p, doc_texts.len())) {
+        Some(v) => {
+            eprintln!(
+                "corpus embeddings: cached in {}",
+                cache.as_ref().expect("path").display()
+            );
+            v
+        }
+        None => {
+            let v =
+                encode_with_progress(&b, adapter.as_ref(), &doc_texts, &opts, "encoding corpus")?;
+            if let Some(p) = &cache {
+                write_cache(p, &v)?;
+            }
+            v
+        }
+    };
     let q_texts: Vec<&str> = data.queries.iter().map(|(_, t)| t.as_str()).collect();
     let queries = encode_with_progress(&b, adapter.as_ref(), &q_texts, &opts, "encoding queries")?;
     let k = 1000.min(docs.len());
@@ -128,7 +166,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             let mut head: Vec<(String, f32)> = ranked[..c]
                 .iter()
                 .zip(&pooled)
-                .map(|((d, _), v)| Ok((d.clone(), r.head_score(v)?.expect("rerank head"))))
+                .map(|((d, s), v)| {
+                    let head = r.head_score(v)?.expect("rerank head");
+                    Ok((d.clone(), head + a.fuse * s))
+                })
                 .collect::<anyhow::Result<_>>()?;
             head = rank(head);
             // Re-ranked candidates first, the rest of the retrieval order after them.
@@ -213,4 +254,81 @@ fn hnsw_runs(
         );
     }
     Ok(runs)
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"ASIDEEM1";
+
+/// `DIR/corpus-KEY.f32`, KEY a digest of the model's weights, the adapter file's
+/// bytes, the encoding options and every document.
+fn corpus_cache_path(a: &EvalArgs, b: &Backbone, data: &Beir) -> anyhow::Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b.sha256().as_bytes());
+    match &a.adapter {
+        Some(p) if p.is_dir() => {
+            let mut names: Vec<_> = std::fs::read_dir(p)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            names.sort();
+            for f in names.iter().filter(|f| f.is_file()) {
+                h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+                h.update(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+            }
+        }
+        Some(p) => h.update(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => h.update(b"no adapter"),
+    }
+    h.update(format!(
+        "|{}|{}|{}|",
+        a.max_length,
+        a.precision,
+        data.corpus.len()
+    ));
+    for (id, text) in &data.corpus {
+        h.update(id.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    let key = hex::encode(&h.finalize()[..12]);
+    Ok(a.cache_dir.join(format!("corpus-{key}.f32")))
+}
+
+/// The cached embeddings, or `None` when the file is missing or not what it should be.
+fn read_cache(path: &std::path::Path, n: usize) -> Option<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path).ok()?;
+    let (head, body) = bytes.split_at_checked(16)?;
+    if &head[..8] != CACHE_MAGIC || u32::from_le_bytes(head[8..12].try_into().ok()?) as usize != n {
+        return None;
+    }
+    let d = u32::from_le_bytes(head[12..16].try_into().ok()?) as usize;
+    if d == 0 || body.len() != n * d * 4 {
+        return None;
+    }
+    let all: Vec<f32> = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    if all.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    Some(all.chunks(d).map(<[f32]>::to_vec).collect())
+}
+
+fn write_cache(path: &std::path::Path, docs: &[Vec<f32>]) -> anyhow::Result<()> {
+    let d = docs.first().map_or(0, Vec::len);
+    let mut bytes = Vec::with_capacity(16 + docs.len() * d * 4);
+    bytes.extend_from_slice(CACHE_MAGIC);
+    bytes.extend_from_slice(&(docs.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(d as u32).to_le_bytes());
+    for v in docs {
+        v.iter()
+            .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+    }
+    let dir = path.parent().expect("a file in the cache folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("f32.tmp");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }

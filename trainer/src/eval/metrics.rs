@@ -87,7 +87,11 @@ pub fn evaluate(runs: &HashMap<String, Vec<(String, f32)>>, qrels: &Qrels) -> Su
         recall1000: 0.0,
         queries: 0,
     };
-    for (q, rels) in qrels {
+    // In query order, so that the sums (and the printed figures) are the same bits
+    // from run to run.
+    let mut queries: Vec<_> = qrels.iter().collect();
+    queries.sort_by(|a, b| a.0.cmp(b.0));
+    for (q, rels) in queries {
         if !rels.values().any(|&g| g > 0) {
             continue;
         }
