@@ -87,8 +87,11 @@ for name in "${ORDER[@]}"; do
   if [ ! -e "$dir/eval.json" ]; then
     echo "== eval $name"
     if [[ $name == rerank-* ]]; then
+      # eval.json: the fused ranking (head + FUSE x cosine), plus "retrieval" and
+      # "head_only" figures for the stages alone.
       "$ASIDE" eval --model "$MODEL" --data "$DATA" --split test --rerank "$out" \
-        --candidates "${CANDIDATES:-100}" --json > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+        --candidates "${CANDIDATES:-100}" --fuse "${FUSE:-20}" --json \
+        > "$dir/eval.json.tmp" 2> "$dir/eval.log"
     elif [ "$out" = "$dir/model" ]; then
       "$ASIDE" eval --model "$out" --data "$DATA" --split test --json \
         > "$dir/eval.json.tmp" 2> "$dir/eval.log"

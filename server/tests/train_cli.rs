@@ -232,6 +232,11 @@ fn eval_caches_the_corpus_embeddings_and_fuses_rerank_with_retrieval_scores() {
     assert_eq!(fused["mrr@10"], first["mrr@10"]);
     let (alone, _) = eval(&["--rerank", &rr, "--candidates", "10"]);
     assert_ne!(alone["ndcg@10"], first["ndcg@10"]);
+    // Each run also reports the stages: retrieval alone, and the head alone when fused.
+    assert_eq!(alone["retrieval"]["ndcg@10"], first["ndcg@10"]);
+    assert!(alone.get("head_only").is_none());
+    assert_eq!(fused["head_only"]["ndcg@10"], alone["ndcg@10"]);
+    assert_eq!(fused["retrieval"]["mrr@10"], first["mrr@10"]);
     // Bad weights are named.
     for (args, want) in [
         (vec!["--fuse", "1"], "needs --rerank"),

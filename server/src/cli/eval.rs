@@ -143,13 +143,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             .map(|((qid, _), q)| (qid.clone(), exact_top(&docs, &doc_ids, q, k)))
             .collect()
     };
+    // With re-ranking, the figures of the first stage alone (and, when fusing, of the
+    // head alone) are reported beside the final ones.
+    let mut stages: Vec<(&str, aside_trainer::eval::Summary)> = Vec::new();
     if let Some(r) = &reranker {
+        stages.push(("retrieval", evaluate(&runs, &data.qrels)));
         let texts: HashMap<&str, &str> = data
             .corpus
             .iter()
             .map(|(i, t)| (i.as_str(), t.as_str()))
             .collect();
         let total = data.queries.len();
+        let mut head_only = HashMap::new();
         for (n, (qid, qtext)) in data.queries.iter().enumerate() {
             let ranked = runs.get_mut(qid).expect("run");
             let c = a.candidates.min(ranked.len());
@@ -163,27 +168,38 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let pooled = b.encode(&pairs, &opts)?;
-            let mut head: Vec<(String, f32)> = ranked[..c]
+            let heads: Vec<f32> = pooled
                 .iter()
-                .zip(&pooled)
-                .map(|((d, s), v)| {
-                    let head = r.head_score(v)?.expect("rerank head");
-                    Ok((d.clone(), head + a.fuse * s))
-                })
+                .map(|v| Ok(r.head_score(v)?.expect("rerank head")))
                 .collect::<anyhow::Result<_>>()?;
-            head = rank(head);
-            // Re-ranked candidates first, the rest of the retrieval order after them.
-            let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
-            let tail: Vec<(String, f32)> = ranked[c..]
-                .iter()
-                .enumerate()
-                .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32))
-                .collect();
-            head.extend(tail);
-            *ranked = head;
+            let rerank = |score: &dyn Fn(f32, f32) -> f32| {
+                let mut head: Vec<(String, f32)> = rank(
+                    ranked[..c]
+                        .iter()
+                        .zip(&heads)
+                        .map(|((d, s), h)| (d.clone(), score(*s, *h)))
+                        .collect(),
+                );
+                // Re-ranked candidates first, the rest of the retrieval order after them.
+                let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
+                head.extend(
+                    ranked[c..]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32)),
+                );
+                head
+            };
+            if a.fuse != 0.0 {
+                head_only.insert(qid.clone(), rerank(&|_, h| h));
+            }
+            *ranked = rerank(&|s, h| h + a.fuse * s);
             if (n + 1) % 25 == 0 || n + 1 == total {
                 eprintln!("re-ranking: {}/{total} queries", n + 1);
             }
+        }
+        if a.fuse != 0.0 {
+            stages.push(("head_only", evaluate(&head_only, &data.qrels)));
         }
     }
     if let Some(path) = &a.run {
@@ -199,13 +215,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     let s = evaluate(&runs, &data.qrels);
     if a.json {
-        println!("{}", serde_json::to_string(&s)?);
+        let mut v = serde_json::to_value(s)?;
+        for (name, st) in &stages {
+            v[*name] = serde_json::to_value(st)?;
+        }
+        println!("{v}");
     } else {
         println!("queries      {}", s.queries);
-        println!("nDCG@10      {:.4}", s.ndcg10);
-        println!("MRR@10       {:.4}", s.mrr10);
-        println!("Recall@100   {:.4}", s.recall100);
-        println!("Recall@1000  {:.4}", s.recall1000);
+        for (name, st) in stages.iter().chain([&("re-ranked", s)]) {
+            if !stages.is_empty() {
+                println!("[{name}]");
+            }
+            println!("nDCG@10      {:.4}", st.ndcg10);
+            println!("MRR@10       {:.4}", st.mrr10);
+            println!("Recall@100   {:.4}", st.recall100);
+            println!("Recall@1000  {:.4}", st.recall1000);
+        }
     }
     Ok(())
 }
