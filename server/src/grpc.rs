@@ -396,6 +396,9 @@ impl collections_server::Collections for Core {
             if rr.candidates > 0 {
                 o["candidates"] = json!(rr.candidates);
             }
+            if rr.fuse != 0.0 {
+                o["fuse"] = json!(rr.fuse);
+            }
             body["rerank"] = o;
         }
         let path = format!("/v1/collections/{}/search", seg(&req.collection)?);

@@ -244,6 +244,7 @@ async fn every_rpc_round_trips() {
             rerank: Some(pb::RerankSpec {
                 adapter: "judge".into(),
                 candidates: 3,
+                fuse: 0.0,
             }),
         })
         .await
@@ -478,6 +479,7 @@ async fn bad_requests_get_mapped_status_codes() {
                 rerank: Some(pb::RerankSpec {
                     adapter: "missing".into(),
                     candidates: 0,
+                    fuse: 0.0,
                 }),
             },
         ))

@@ -101,6 +101,39 @@ fn upload_index_search_rerank_swap_restart() {
         scores.windows(2).all(|w| w[0] >= w[1]),
         "sorted by rerank score"
     );
+    // Fused with a retrieval weight far above the head's scale, the order is retrieval's.
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, plain) = s.call(
+        "POST",
+        "/v1/collections/scifact/search",
+        Some(&json!({"query": title, "k": 5})),
+    );
+    let (st, fused) = s.call(
+        "POST",
+        "/v1/collections/scifact/search",
+        Some(&json!({"query": title, "k": 5, "rerank": {"adapter": "rr", "candidates": 20, "fuse": 1e5}})),
+    );
+    assert_eq!(st, 200, "{fused}");
+    assert_eq!(ids(&fused)[0], ids(&plain)[0]);
+    let mut a = ids(&fused);
+    let mut b = ids(&plain);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    let (st, e) = s.call(
+        "POST",
+        "/v1/collections/scifact/search",
+        Some(&json!({"query": title, "rerank": {"adapter": "rr", "fuse": -1}})),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("rerank.fuse"), "{e}");
     let (st, r) = s.call("POST", "/v1/rerank", Some(&json!({"query": "cells", "texts": ["a cell divides", "stock markets"], "adapter": "rr"})));
     assert_eq!(st, 200);
     assert_eq!(r["results"].as_array().unwrap().len(), 2);

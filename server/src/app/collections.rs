@@ -244,6 +244,9 @@ pub struct RerankSpec {
     adapter: String,
     #[serde(default)]
     candidates: Option<usize>,
+    /// Score = head + fuse × the retrieval score (0: the head alone).
+    #[serde(default)]
+    fuse: Option<f32>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +293,12 @@ pub async fn search(
             "rerank.candidates {candidates} is out of range 1..=1000"
         )));
     }
+    let fuse = r.rerank.as_ref().and_then(|x| x.fuse).unwrap_or(0.0);
+    if !fuse.is_finite() || fuse < 0.0 {
+        return Err(ApiError::BadRequest(format!(
+            "rerank.fuse {fuse} must be a finite number >= 0"
+        )));
+    }
     // The query is embedded with exactly the version the collection's vectors use.
     let cfg = c.config();
     let adapter = pinned(&s, &cfg.space)?;
@@ -319,7 +328,7 @@ pub async fn search(
         let texts: Vec<String> = hits.iter().map(|h| h.text.clone()).collect();
         let scores = score_pairs(&s, a, &r.query, &texts).await?;
         for (h, sc) in hits.iter_mut().zip(scores) {
-            h.score = sc;
+            h.score = sc + fuse * h.score;
         }
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         rerank_ms = Some(t2.elapsed().as_secs_f64() * 1e3);

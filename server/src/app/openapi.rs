@@ -49,7 +49,7 @@ pub fn document() -> Value {
             "/v1/collections/{name}/search": {"post": op("Search, optionally re-ranking the candidates", Some(json!({"type": "object", "required": ["query"],
                 "properties": {"query": {"type": "string"}, "k": {"type": "integer", "default": 10}, "ef": {"type": "integer"}, "filter": {"type": "object"},
                 "threshold": {"type": "number"}, "exact": {"type": "boolean"},
-                "rerank": {"type": "object", "properties": {"adapter": {"type": "string"}, "candidates": {"type": "integer", "default": 100}}}}})))},
+                "rerank": {"type": "object", "properties": {"adapter": {"type": "string"}, "candidates": {"type": "integer", "default": 100}, "fuse": {"type": "number", "default": 0, "description": "score = head + fuse × retrieval score"}}}}})))},
             "/health": {"get": op("Liveness", None)},
             "/ready": {"get": op("Readiness", None)},
             "/metrics": {"get": op("Prometheus metrics", None)},
