@@ -41,3 +41,32 @@ for d in sorted(runs):
         f"| {d.name} | {p:,} | {100 * p / BASE_PARAMS:.2f}% | {e['ndcg@10']:.4f} | {e['mrr@10']:.4f} | "
         f"{e['recall@100']:.4f} | {mins:.1f} min | {s['steps']} | {first:.3f} → {last:.3f} | {to} |"
     )
+
+# Re-ranking runs: eval.json holds the fused ranking (head + FUSE x cosine) and the
+# stages alone ("retrieval", "head_only"); older runs hold the head's ranking only.
+rr = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("rerank-")]
+rows = []
+for d in sorted(rr):
+    logs = d / "train" if (d / "train").is_dir() else d
+    summ = logs / "summary.json"
+    evals = sorted(d.glob("eval*.json"))
+    if not summ.exists() or not evals:
+        continue
+    s = json.loads(summ.read_text())
+    losses = [float(r["loss"]) for r in csv.DictReader(open(logs / "loss.csv"))]
+    cfg = s["config"]
+    for ev in evals:
+        e = json.loads(ev.read_text())
+        head = e.get("head_only", e)
+        fused = e if "head_only" in e else None
+        rows.append(
+            f"| {d.name} | {s['trainable_params']:,} | {cfg['lr']:g} / {cfg.get('head_lr') or cfg['lr']:g} | "
+            f"{s['steps']} | {s['seconds'] / 60:.1f} min | {sum(losses[:10]) / 10:.3f} → {sum(losses[-10:]) / 10:.3f} | "
+            f"{ev.name} | {head['ndcg@10']:.4f} / {head['mrr@10']:.4f} | "
+            + (f"{fused['ndcg@10']:.4f} / {fused['mrr@10']:.4f} |" if fused else "– |")
+        )
+if rows:
+    print()
+    print("| run | trainable params | lr adapter / head | steps | train time | mean loss, first → last 10 steps | eval file | head alone nDCG@10 / MRR@10 | fused (head + 20·cos) nDCG@10 / MRR@10 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
