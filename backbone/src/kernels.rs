@@ -11,6 +11,14 @@ use crate::packed::PackedWeight;
 use rayon::prelude::*;
 
 /// Runs `f` over the f32 contents of a CPU tensor (made contiguous first).
+/// [`with_slice`] of an optional tensor.
+fn with_opt_slice<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> R) -> Result<R> {
+    match t {
+        Some(t) => with_slice(t, |s| f(Some(s))),
+        None => Ok(f(None)),
+    }
+}
+
 fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (st, layout) = t.storage_and_layout();
@@ -150,60 +158,36 @@ fn fused_linear(
             );
         }
     }
-    if let (Some(pw), None) = (packed, target) {
-        // Written in place, activation included: no zero-fill, no second pass.
+    let out = if let Some(pw) = packed {
         if pw.dims() != (o, k) {
             candle_core::bail!("linear: packed weight is {:?}, not [{o}, {k}]", pw.dims());
         }
-        let mut out: Vec<f32> = Vec::with_capacity(n * o);
-        with_slice(x, |xs| match b {
-            Some(b) => with_slice(b, |bs| {
-                pw.matmul_into(
-                    xs,
-                    n,
-                    &mut out.spare_capacity_mut()[..n * o],
-                    Some(bs),
-                    scale,
-                    epi,
-                )
-            }),
+        match target {
+            // Written in place, activation included: no zero-fill, no second pass.
             None => {
-                pw.matmul_into(
-                    xs,
-                    n,
-                    &mut out.spare_capacity_mut()[..n * o],
-                    None,
-                    scale,
-                    epi,
-                );
-                Ok(())
+                let mut out: Vec<f32> = Vec::with_capacity(n * o);
+                let dst = &mut out.spare_capacity_mut()[..n * o];
+                with_slice(x, |xs| {
+                    with_opt_slice(b, |bs| pw.matmul_into(xs, n, dst, bs, scale, epi))
+                })??;
+                // SAFETY: `matmul_into` wrote all n·o elements.
+                unsafe { out.set_len(n * o) };
+                out
             }
-        })??;
-        // SAFETY: `matmul_into` wrote all n·o elements.
-        unsafe { out.set_len(n * o) };
-        let mut shape = dims;
-        *shape.last_mut().expect("rank >= 1") = o;
-        return Tensor::from_vec(out, shape, &Device::Cpu);
-    }
-    let mut out = match target {
-        Some(t) => with_slice(t, |t| t.to_vec())?,
-        None => vec![0f32; n * o],
-    };
-    if let Some(pw) = packed {
-        if pw.dims() != (o, k) {
-            candle_core::bail!("linear: packed weight is {:?}, not [{o}, {k}]", pw.dims());
+            Some(t) => {
+                let mut out = with_slice(t, |t| t.to_vec())?;
+                with_slice(x, |xs| {
+                    with_opt_slice(b, |bs| pw.matmul(xs, n, &mut out, true, bs, scale))
+                })??;
+                apply_epilogue(&mut out, epi);
+                out
+            }
         }
-        let accumulate = target.is_some();
-        with_slice(x, |xs| match b {
-            Some(b) => with_slice(b, |bs| {
-                pw.matmul(xs, n, &mut out, accumulate, Some(bs), scale)
-            }),
-            None => {
-                pw.matmul(xs, n, &mut out, accumulate, None, scale);
-                Ok(())
-            }
-        })??;
     } else {
+        let mut out = match target {
+            Some(t) => with_slice(t, |t| t.to_vec())?,
+            None => vec![0f32; n * o],
+        };
         let macs = n * o * k;
         if let Some(b) = b {
             with_slice(b, |b| {
@@ -246,8 +230,9 @@ fn fused_linear(
                 }
             })
         })??;
-    }
-    apply_epilogue(&mut out, epi);
+        apply_epilogue(&mut out, epi);
+        out
+    };
     let mut shape = dims;
     *shape.last_mut().expect("rank >= 1") = o;
     Tensor::from_vec(out, shape, &Device::Cpu)

@@ -28,31 +28,40 @@ impl Fx {
         self.dir.path().join(s).to_str().unwrap().to_owned()
     }
     fn train_args(&self, out: &str, extra: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "train",
-            "--model",
-            &self.p("model"),
-            "--data",
-            &self.p("data"),
-            "--cache-dir",
-            &self.p("cache"),
-            "--query-max-length",
-            "16",
-            "--doc-max-length",
-            "32",
-            "--batch-size",
-            "6",
-            "--negative-depth",
-            "5",
-            "-o",
-            &self.p(out),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
+        let (model, data, cache, out) = (
+            self.p("model"),
+            self.p("data"),
+            self.p("cache"),
+            self.p(out),
+        );
+        args(
+            &[
+                "train",
+                "--model",
+                &model,
+                "--data",
+                &data,
+                "--cache-dir",
+                &cache,
+                "--query-max-length",
+                "16",
+                "--doc-max-length",
+                "32",
+                "--batch-size",
+                "6",
+                "--negative-depth",
+                "5",
+                "-o",
+                &out,
+            ],
+            extra,
+        )
     }
+}
+
+/// Owned arguments: `base` then `extra`.
+fn args(base: &[&str], extra: &[&str]) -> Vec<String> {
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 fn run(args: &[String]) -> Output {
@@ -181,24 +190,24 @@ fn eval_caches_the_corpus_embeddings_and_fuses_rerank_with_retrieval_scores() {
             "--kind", "iaa-l", "--r", "4", "--ar", "8", "--task", "rerank", "--epochs", "1",
         ],
     )));
+    let (model, data, cache) = (fx.p("model"), fx.p("data"), fx.p("evalcache"));
     let eval = |extra: &[&str]| {
-        let mut v: Vec<String> = [
-            "eval",
-            "--model",
-            &fx.p("model"),
-            "--data",
-            &fx.p("data"),
-            "--cache-dir",
-            &fx.p("evalcache"),
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut v = args(
+            &[
+                "eval",
+                "--model",
+                &model,
+                "--data",
+                &data,
+                "--cache-dir",
+                &cache,
+                "--json",
+            ],
+            extra,
+        );
         if !extra.contains(&"--max-length") {
             v.extend(["--max-length".to_string(), "32".to_string()]);
         }
-        v.extend(extra.iter().map(|s| s.to_string()));
         let out = run(&v);
         let err = ok(&out);
         let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -238,16 +247,11 @@ fn eval_caches_the_corpus_embeddings_and_fuses_rerank_with_retrieval_scores() {
     assert_eq!(fused["head_only"]["ndcg@10"], alone["ndcg@10"]);
     assert_eq!(fused["retrieval"]["mrr@10"], first["mrr@10"]);
     // Bad weights are named.
-    for (args, want) in [
+    for (extra, want) in [
         (vec!["--fuse", "1"], "needs --rerank"),
         (vec!["--rerank", rr.as_str(), "--fuse=-1"], "--fuse must be"),
     ] {
-        let mut v: Vec<String> = ["eval", "--model", &fx.p("model"), "--data", &fx.p("data")]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(args.iter().map(|s| s.to_string()));
-        let out = run(&v);
+        let out = run(&args(&["eval", "--model", &model, "--data", &data], &extra));
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{err}");

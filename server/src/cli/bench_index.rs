@@ -42,13 +42,7 @@ fn read_f32(path: &PathBuf, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
             b.len()
         );
     }
-    Ok(b.chunks_exact(4 * dim)
-        .map(|row| {
-            row.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                .collect()
-        })
-        .collect())
+    Ok(super::f32_rows(&b, dim))
 }
 
 pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {

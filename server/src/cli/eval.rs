@@ -297,10 +297,10 @@ fn corpus_cache_path(a: &EvalArgs, b: &Backbone, data: &Beir) -> anyhow::Result<
             names.sort();
             for f in names.iter().filter(|f| f.is_file()) {
                 h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
-                h.update(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+                h.update(aside_backbone::sha256_file(f)?);
             }
         }
-        Some(p) => h.update(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => h.update(aside_backbone::sha256_file(p)?),
         None => h.update(b"no adapter"),
     }
     h.update(format!(
@@ -330,14 +330,8 @@ fn read_cache(path: &std::path::Path, n: usize) -> Option<Vec<Vec<f32>>> {
     if d == 0 || body.len() != n * d * 4 {
         return None;
     }
-    let all: Vec<f32> = body
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    if all.iter().any(|v| !v.is_finite()) {
-        return None;
-    }
-    Some(all.chunks(d).map(<[f32]>::to_vec).collect())
+    let rows = super::f32_rows(body, d);
+    rows.iter().flatten().all(|v| v.is_finite()).then_some(rows)
 }
 
 fn write_cache(path: &std::path::Path, docs: &[Vec<f32>]) -> anyhow::Result<()> {

@@ -74,3 +74,16 @@ pub enum BenchCommand {
     /// HNSW build, recall and QPS; durable upsert throughput.
     Index(bench_index::BenchIndexArgs),
 }
+
+/// Rows of `dim` little-endian f32 from `bytes` (whose length is a multiple of
+/// `4 · dim`).
+pub(crate) fn f32_rows(bytes: &[u8], dim: usize) -> Vec<Vec<f32>> {
+    bytes
+        .chunks_exact(4 * dim)
+        .map(|row| {
+            row.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        })
+        .collect()
+}
