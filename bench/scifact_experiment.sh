@@ -4,7 +4,10 @@
 # Each run writes OUT_DIR/NAME/ (the adapter or model folder, the training logs, and
 # eval.json). Runs already evaluated are skipped, so the script can be re-run to
 # finish an interrupted experiment. Set ASIDE to use another binary, DATA for another
-# copy of SciFact.
+# copy of SciFact. Rerank runs re-rank the base retriever's top CANDIDATES (100) and
+# fuse with weight FUSE (20); EVAL_JSON names the evaluation file (eval.json), so a
+# second evaluation of the same adapter can sit beside the first:
+#   CANDIDATES=100 EVAL_JSON=eval-top100.json bench/scifact_experiment.sh OUT rerank-iaa-l-head
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-experiments/scifact}
@@ -12,6 +15,7 @@ shift || true
 ASIDE=${ASIDE:-target/release/aside}
 DATA=${DATA:-../shared/data/scifact}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
+EVAL_JSON=${EVAL_JSON:-eval.json}
 mkdir -p "$OUT"
 
 # Common training settings: one epoch over the 919 (query, positive) pairs of the
@@ -84,21 +88,21 @@ for name in "${ORDER[@]}"; do
     touch "$dir/train.done"
   fi
   case $name in sweep-*) continue ;; esac
-  if [ ! -e "$dir/eval.json" ]; then
+  if [ ! -e "$dir/$EVAL_JSON" ]; then
     echo "== eval $name"
     if [[ $name == rerank-* ]]; then
       # eval.json: the fused ranking (head + FUSE x cosine), plus "retrieval" and
       # "head_only" figures for the stages alone.
       "$ASIDE" eval --model "$MODEL" --data "$DATA" --split test --rerank "$out" \
         --candidates "${CANDIDATES:-100}" --fuse "${FUSE:-20}" --json \
-        > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+        > "$dir/$EVAL_JSON.tmp" 2> "$dir/${EVAL_JSON%.json}.log"
     elif [ "$out" = "$dir/model" ]; then
       "$ASIDE" eval --model "$out" --data "$DATA" --split test --json \
-        > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+        > "$dir/$EVAL_JSON.tmp" 2> "$dir/${EVAL_JSON%.json}.log"
     else
       "$ASIDE" eval --model "$MODEL" --adapter "$out" --data "$DATA" --split test --json \
-        > "$dir/eval.json.tmp" 2> "$dir/eval.log"
+        > "$dir/$EVAL_JSON.tmp" 2> "$dir/${EVAL_JSON%.json}.log"
     fi
-    mv "$dir/eval.json.tmp" "$dir/eval.json"
+    mv "$dir/$EVAL_JSON.tmp" "$dir/$EVAL_JSON"
   fi
 done

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-model.sh
 export ASIDE_REQUIRE_MODEL=1
-cargo test --release --workspace "$@"
+cargo test --release --workspace --no-fail-fast "$@"
 
 if [[ ${ASIDE_SKIP_IMAGE:-0} == 1 || $# -gt 0 ]]; then
   echo "SKIPPED: image smoke test (ASIDE_SKIP_IMAGE=1 or a test filter)"
