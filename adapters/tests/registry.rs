@@ -148,14 +148,16 @@ fn a_swap_under_concurrent_use_loses_nothing_and_mixes_no_versions() {
     reg.put("task", &files[0]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
+    let seen_any = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (b, reg, stop, served, expected) = (
+            let (b, reg, stop, served, expected, seen_any) = (
                 b.clone(),
                 reg.clone(),
                 stop.clone(),
                 served.clone(),
                 expected.clone(),
+                seen_any.clone(),
             );
             std::thread::spawn(move || {
                 let mut seen = [false; 2];
@@ -166,15 +168,23 @@ fn a_swap_under_concurrent_use_loses_nothing_and_mixes_no_versions() {
                     let which = expected.iter().position(|e| *e == out);
                     let which = which.expect("a request's rows all come from one version");
                     seen[which] = true;
+                    seen_any[which].store(true, Ordering::Relaxed);
                     served.fetch_add(1, Ordering::Relaxed);
                 }
                 seen
             })
         })
         .collect();
-    for i in 0..40 {
+    // At least 40 swaps, and on until a worker has been served each version (a
+    // busy machine can starve the workers through a fixed number of swaps).
+    let t0 = std::time::Instant::now();
+    for i in 0.. {
         reg.put("task", &files[(i + 1) % 2]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
+        let both = seen_any.iter().all(|s| s.load(Ordering::Relaxed));
+        if (i >= 40 && both) || t0.elapsed() > std::time::Duration::from_secs(60) {
+            break;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let seen: Vec<[bool; 2]> = workers.into_iter().map(|w| w.join().unwrap()).collect();

@@ -47,7 +47,7 @@ impl Server {
             }
         });
         let (addr, grpc_addr) = rx
-            .recv_timeout(Duration::from_secs(60))
+            .recv_timeout(Duration::from_secs(180))
             .expect("server did not report its address");
         Server {
             child,
