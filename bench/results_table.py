@@ -59,14 +59,17 @@ for d in sorted(rr):
         e = json.loads(ev.read_text())
         head = e.get("head_only", e)
         fused = e if "head_only" in e else None
+        ret = e.get("retrieval")
         rows.append(
             f"| {d.name} | {s['trainable_params']:,} | {cfg['lr']:g} / {cfg.get('head_lr') or cfg['lr']:g} | "
             f"{s['steps']} | {s['seconds'] / 60:.1f} min | {sum(losses[:10]) / 10:.3f} → {sum(losses[-10:]) / 10:.3f} | "
-            f"{ev.name} | {head['ndcg@10']:.4f} / {head['mrr@10']:.4f} | "
+            f"{ev.name} | "
+            + (f"{ret['ndcg@10']:.4f} / {ret['mrr@10']:.4f} | " if ret else "– | ")
+            + f"{head['ndcg@10']:.4f} / {head['mrr@10']:.4f} | "
             + (f"{fused['ndcg@10']:.4f} / {fused['mrr@10']:.4f} |" if fused else "– |")
         )
 if rows:
     print()
-    print("| run | trainable params | lr adapter / head | steps | train time | mean loss, first → last 10 steps | eval file | head alone nDCG@10 / MRR@10 | fused (head + 20·cos) nDCG@10 / MRR@10 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | trainable params | lr adapter / head | steps | train time | mean loss, first → last 10 steps | eval file | retrieval alone nDCG@10 / MRR@10 | head alone nDCG@10 / MRR@10 | fused (head + 20·cos) nDCG@10 / MRR@10 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
