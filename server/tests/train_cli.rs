@@ -239,8 +239,25 @@ fn eval_caches_the_corpus_embeddings_and_fuses_rerank_with_retrieval_scores() {
     let (fused, _) = eval(&["--rerank", &rr, "--candidates", "10", "--fuse", "1e4"]);
     assert_eq!(fused["ndcg@10"], first["ndcg@10"]);
     assert_eq!(fused["mrr@10"], first["mrr@10"]);
-    let (alone, _) = eval(&["--rerank", &rr, "--candidates", "10"]);
+    let (alone, err) = eval(&["--rerank", &rr, "--candidates", "10"]);
     assert_ne!(alone["ndcg@10"], first["ndcg@10"]);
+    // The second re-ranking run found every pair's score in the cache.
+    assert!(err.contains("pair scores cached"), "{err}");
+    // A run killed mid-write leaves a cut line and misses the rest: the next run
+    // ignores the cut line, computes what is missing, and gets the same figures.
+    let scores = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tsv"))
+        .expect("a rerank score file");
+    let bytes = std::fs::read(&scores).unwrap();
+    std::fs::write(&scores, &bytes[..bytes.len() / 2 + 7]).unwrap();
+    let (resumed, err) = eval(&["--rerank", &rr, "--candidates", "10", "--fuse", "1e4"]);
+    assert!(err.contains("pair scores cached"), "{err}");
+    assert_eq!(resumed, fused);
+    let (uncached, err) = eval(&["--rerank", &rr, "--candidates", "10", "--no-cache"]);
+    assert!(!err.contains("cached"), "{err}");
+    assert_eq!(uncached, alone);
     // Each run also reports the stages: retrieval alone, and the head alone when fused.
     assert_eq!(alone["retrieval"]["ndcg@10"], first["ndcg@10"]);
     assert!(alone.get("head_only").is_none());

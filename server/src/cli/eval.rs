@@ -38,10 +38,12 @@ pub struct EvalArgs {
     pub fuse: f32,
     /// The corpus embeddings are cached here, keyed by everything that decides them
     /// (model, adapter file, max length, precision, corpus), so that evaluating
-    /// several rerankers over one retriever encodes the corpus once.
+    /// several rerankers over one retriever encodes the corpus once. Re-ranking
+    /// scores are appended here query by query as they are computed, so an
+    /// interrupted re-ranking run picks up where it stopped.
     #[arg(long, default_value = ".aside-cache")]
     pub cache_dir: PathBuf,
-    /// Neither read nor write the corpus cache.
+    /// Neither read nor write the caches.
     #[arg(long)]
     pub no_cache: bool,
     /// Retrieve through the HNSW index instead of exact search.
@@ -154,24 +156,45 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             .map(|(i, t)| (i.as_str(), t.as_str()))
             .collect();
         let total = data.queries.len();
+        let mut scores = match a.no_cache {
+            true => ScoreCache::default(),
+            false => ScoreCache::open(rerank_cache_path(&a, &b)?)?,
+        };
+        if !scores.known.is_empty() {
+            eprintln!(
+                "re-ranking: {} pair scores cached in {}, only the others are computed",
+                scores.known.len(),
+                scores.path.as_ref().expect("path").display()
+            );
+        }
         let mut head_only = HashMap::new();
         for (n, (qid, qtext)) in data.queries.iter().enumerate() {
             let ranked = runs.get_mut(qid).expect("run");
             let c = a.candidates.min(ranked.len());
-            let pairs: Vec<aside_backbone::Item<'_>> = ranked[..c]
+            let keys: Vec<String> = ranked[..c]
                 .iter()
-                .map(|(d, _)| aside_backbone::Item {
-                    input: aside_backbone::Input::Pair(qtext, texts[d.as_str()]),
+                .map(|(d, _)| pair_key(qtext, texts[d.as_str()]))
+                .collect();
+            let todo: Vec<usize> = (0..c)
+                .filter(|&i| !scores.known.contains_key(&keys[i]))
+                .collect();
+            let pairs: Vec<aside_backbone::Item<'_>> = todo
+                .iter()
+                .map(|&i| aside_backbone::Item {
+                    input: aside_backbone::Input::Pair(qtext, texts[ranked[i].0.as_str()]),
                     hooks: Some(r as &dyn aside_backbone::Hooks),
                     pooling: aside_backbone::Pooling::Cls,
                     normalize: false,
                 })
                 .collect();
             let pooled = b.encode(&pairs, &opts)?;
-            let heads: Vec<f32> = pooled
+            let fresh: Vec<(String, f32)> = todo
                 .iter()
-                .map(|v| Ok(r.head_score(v)?.expect("rerank head")))
+                .zip(&pooled)
+                .map(|(&i, v)| Ok((keys[i].clone(), r.head_score(v)?.expect("rerank head"))))
                 .collect::<anyhow::Result<_>>()?;
+            scores.add(&fresh)?;
+            let heads: Vec<f32> = keys.iter().map(|k| scores.known[k]).collect();
             let rerank = |score: &dyn Fn(f32, f32) -> f32| {
                 let mut head: Vec<(String, f32)> = rank(
                     ranked[..c]
@@ -289,20 +312,7 @@ fn corpus_cache_path(a: &EvalArgs, b: &Backbone, data: &Beir) -> anyhow::Result<
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b.sha256().as_bytes());
-    match &a.adapter {
-        Some(p) if p.is_dir() => {
-            let mut names: Vec<_> = std::fs::read_dir(p)?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()?;
-            names.sort();
-            for f in names.iter().filter(|f| f.is_file()) {
-                h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
-                h.update(aside_backbone::sha256_file(f)?);
-            }
-        }
-        Some(p) => h.update(aside_backbone::sha256_file(p)?),
-        None => h.update(b"no adapter"),
-    }
+    hash_adapter(&mut h, a.adapter.as_deref())?;
     h.update(format!(
         "|{}|{}|{}|",
         a.max_length,
@@ -317,6 +327,100 @@ fn corpus_cache_path(a: &EvalArgs, b: &Backbone, data: &Beir) -> anyhow::Result<
     }
     let key = hex::encode(&h.finalize()[..12]);
     Ok(a.cache_dir.join(format!("corpus-{key}.f32")))
+}
+
+/// Feeds an adapter's bytes (a file, or every file of a PEFT folder) to `h`.
+fn hash_adapter(h: &mut sha2::Sha256, adapter: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use sha2::Digest;
+    match adapter {
+        Some(p) if p.is_dir() => {
+            let mut names: Vec<_> = std::fs::read_dir(p)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            names.sort();
+            for f in names.iter().filter(|f| f.is_file()) {
+                h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+                h.update(aside_backbone::sha256_file(f)?);
+            }
+        }
+        Some(p) => h.update(aside_backbone::sha256_file(p)?),
+        None => h.update(b"no adapter"),
+    }
+    Ok(())
+}
+
+/// `DIR/rerank-KEY.tsv`, KEY a digest of the model's weights, the rerank adapter's
+/// bytes, the max length and the precision: what decides a pair's score besides
+/// the two texts, which each line's own key covers.
+fn rerank_cache_path(a: &EvalArgs, b: &Backbone) -> anyhow::Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b.sha256().as_bytes());
+    hash_adapter(&mut h, a.rerank.as_deref())?;
+    h.update(format!("|{}|{}|", a.max_length, a.precision));
+    let key = hex::encode(&h.finalize()[..12]);
+    Ok(a.cache_dir.join(format!("rerank-{key}.tsv")))
+}
+
+/// A (query, document) pair's line key: a digest of both texts.
+fn pair_key(query: &str, doc: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(query.as_bytes());
+    h.update([0]);
+    h.update(doc.as_bytes());
+    hex::encode(&h.finalize()[..12])
+}
+
+/// Re-ranking scores by pair key, appended to a file (`KEY<TAB>f32 bits in hex`, one
+/// line a pair) one query at a time, so a killed run keeps what it computed. Lines
+/// that do not parse (a write cut short) are ignored. No path: in memory only.
+#[derive(Default)]
+struct ScoreCache {
+    path: Option<PathBuf>,
+    known: HashMap<String, f32>,
+}
+
+impl ScoreCache {
+    fn open(path: PathBuf) -> anyhow::Result<Self> {
+        let known = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('\t')?;
+                    let v = f32::from_bits(u32::from_str_radix(v, 16).ok()?);
+                    (k.len() == 24 && v.is_finite()).then(|| (k.to_owned(), v))
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Self {
+            path: Some(path),
+            known,
+        })
+    }
+
+    fn add(&mut self, fresh: &[(String, f32)]) -> anyhow::Result<()> {
+        if let (Some(path), false) = (&self.path, fresh.is_empty()) {
+            let dir = path.parent().expect("a file in the cache folder");
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // A line cut short by an earlier kill must not swallow the first new one.
+            let mut lines = String::from("\n");
+            for (k, v) in fresh {
+                lines.push_str(&format!("{k}\t{:08x}\n", v.to_bits()));
+            }
+            f.write_all(lines.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        self.known.extend(fresh.iter().cloned());
+        Ok(())
+    }
 }
 
 /// The cached embeddings, or `None` when the file is missing or not what it should be.
