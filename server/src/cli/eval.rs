@@ -374,16 +374,17 @@ fn pair_key(query: &str, doc: &str) -> String {
 
 /// Re-ranking scores by pair key, appended to a file (`KEY<TAB>f32 bits in hex`, one
 /// line a pair) one query at a time, so a killed run keeps what it computed. Lines
-/// that do not parse (a write cut short) are ignored. No path: in memory only.
+/// that do not parse (a write cut short) are ignored. No file: in memory only.
 #[derive(Default)]
 struct ScoreCache {
     path: Option<PathBuf>,
+    file: Option<std::fs::File>,
     known: HashMap<String, f32>,
 }
 
 impl ScoreCache {
     fn open(path: PathBuf) -> anyhow::Result<Self> {
-        let known = match std::fs::read_to_string(&path) {
+        let known: HashMap<String, f32> = match std::fs::read_to_string(&path) {
             Ok(text) => text
                 .lines()
                 .filter_map(|l| {
@@ -395,26 +396,29 @@ impl ScoreCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        let dir = path.parent().expect("a file in the cache folder");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // A line cut short by an earlier kill must not swallow the first new one.
+        file.write_all(b"\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(Self {
             path: Some(path),
+            file: Some(file),
             known,
         })
     }
 
     fn add(&mut self, fresh: &[(String, f32)]) -> anyhow::Result<()> {
-        if let (Some(path), false) = (&self.path, fresh.is_empty()) {
-            let dir = path.parent().expect("a file in the cache folder");
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            // A line cut short by an earlier kill must not swallow the first new one.
-            let mut lines = String::from("\n");
-            for (k, v) in fresh {
-                lines.push_str(&format!("{k}\t{:08x}\n", v.to_bits()));
-            }
+        if let (Some(f), Some(path)) = (&mut self.file, &self.path) {
+            let lines: String = fresh
+                .iter()
+                .map(|(k, v)| format!("{k}\t{:08x}\n", v.to_bits()))
+                .collect();
             f.write_all(lines.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
