@@ -52,7 +52,7 @@ fn main() {
             )
         });
         let mut line = format!("{n}x{o}x{k}: gemm {g:.1} GFLOP/s");
-        for p in [Precision::F32, Precision::Int8] {
+        for p in [Precision::F32, Precision::Int8, Precision::Int8Fast] {
             if let Some(pw) = PackedWeight::new(&w, o, k, p) {
                 let v = time(&mut || pw.matmul(&x, n, &mut out, false, None, 1.0));
                 line += &format!(", packed {p} {v:.1}");

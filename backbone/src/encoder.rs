@@ -89,7 +89,7 @@ impl Backbone {
             sha256,
             files,
         };
-        if opts.precision == Precision::Int8 {
+        if opts.precision.is_int8() {
             let inputs: Vec<Input<'_>> = crate::calibration::TEXTS
                 .iter()
                 .map(|t| Input::Single(t))
@@ -97,7 +97,7 @@ impl Backbone {
             let max = DEFAULT_MAX_LENGTH.min(b.config().max_position_embeddings);
             let encs = b.tokens.encode(&inputs, max)?;
             let batch = b.pad(&encs.iter().collect::<Vec<_>>())?;
-            b.bert = b.bert.into_int8(&batch)?;
+            b.bert = b.bert.into_int8(&batch, opts.precision)?;
         }
         Ok(b)
     }

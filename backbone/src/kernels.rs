@@ -541,7 +541,16 @@ pub(crate) mod simd {
         };
     }
 
-    dispatch!(gelu, gelu_body, (xs: &mut [f32]));
+    /// Exact GELU in place: the AVX-512 loop where the CPU has it.
+    pub fn gelu(xs: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { crate::packed::gelu_avx512(xs) };
+        }
+        gelu_portable(xs)
+    }
+    dispatch!(gelu_portable, gelu_body, (xs: &mut [f32]));
     dispatch!(softmax, softmax_body, (row: &mut [f32]));
     dispatch!(swish, swish_body, (xs: &mut [f32]));
     dispatch!(tanh, tanh_body, (xs: &mut [f32]));
@@ -577,6 +586,25 @@ mod tests {
             simd::exp(-1e9) < 1e-37,
             "very negative inputs give a negligible value"
         );
+    }
+
+    #[test]
+    fn vector_gelu_matches_the_portable_loop() {
+        // Both tails, zero, the tail of a slice that is not a multiple of 16 lanes,
+        // and large magnitudes (where e^(−x²/2) would underflow).
+        let xs: Vec<f32> = (-4000..=4001)
+            .map(|i| i as f32 / 200.0)
+            .chain([1e4, -1e4, 0.0])
+            .collect();
+        let (mut fast, mut slow) = (xs.clone(), xs.clone());
+        simd::gelu(&mut fast);
+        simd::gelu_portable(&mut slow);
+        for ((x, f), s) in xs.iter().zip(&fast).zip(&slow) {
+            assert!(
+                (f - s).abs() <= 2e-6 * s.abs().max(1.0),
+                "gelu({x}) = {f} vs {s}"
+            );
+        }
     }
 
     #[test]

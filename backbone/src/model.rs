@@ -231,8 +231,9 @@ impl Bert {
     /// The same model with its linears in int8: the input range of every linear is
     /// measured on `calibration` (an f32 forward pass) and the weights are packed with
     /// per-channel smoothing for those ranges (see [`crate::packed`]).
-    pub fn into_int8(mut self, calibration: &BatchInputs) -> Result<Bert> {
-        if !(self.device.is_cpu() && Precision::Int8.supported()) {
+    pub fn into_int8(mut self, calibration: &BatchInputs, precision: Precision) -> Result<Bert> {
+        assert!(precision.is_int8(), "into_int8 with {precision}");
+        if !(self.device.is_cpu() && precision.supported()) {
             return Err(Error::Unsupported(format!(
                 "int8 needs a CPU with AVX-512 VNNI (this {} lacks it); use f32",
                 if self.device.is_cpu() {
@@ -249,7 +250,7 @@ impl Bert {
         }];
         self.forward_with(calibration, &groups, Mode::Inference, Some(&ranges))?;
         let ranges = ranges.into_inner().expect("calibration lock");
-        self.packed = self.pack(Precision::Int8, Some(&ranges))?;
+        self.packed = self.pack(precision, Some(&ranges))?;
         Ok(self)
     }
 

@@ -34,8 +34,8 @@ use crate::kernels::Epilogue;
 
 /// Output columns per packed panel: two `zmm` registers of f32.
 pub const NR: usize = 32;
-/// Rows per micro-tile: f32, and int8 (whose two weight planes double the
-/// accumulators).
+/// Rows per micro-tile: f32 and one-plane int8, and two-plane int8 (whose second
+/// weight plane doubles the accumulators).
 const MR: usize = 12;
 const MR_INT8: usize = 6;
 /// The second weight plane's step, as a fraction of the first's.
@@ -47,10 +47,13 @@ pub enum Precision {
     /// f32 everywhere (the reference).
     #[default]
     F32,
-    /// int8 weights (per output column) and uint8 activations (per row) in the
-    /// frozen linears, exact i32 accumulation; attention, LayerNorm, activations,
-    /// adapters and pooling stay in f32.
+    /// int8 weights (per output column, two planes: ~15 bits) and uint8
+    /// activations (per row) in the frozen linears, exact i32 accumulation;
+    /// attention, LayerNorm, activations, adapters and pooling stay in f32.
     Int8,
+    /// [`Precision::Int8`] with one weight plane (8 bits): half the multiply-adds,
+    /// slightly further from f32.
+    Int8Fast,
 }
 
 impl Precision {
@@ -58,7 +61,22 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+            Precision::Int8Fast => "int8-fast",
         }
+    }
+
+    /// int8 weight planes per output column (0 for f32).
+    fn weight_planes(self) -> usize {
+        match self {
+            Precision::F32 => 0,
+            Precision::Int8 => 2,
+            Precision::Int8Fast => 1,
+        }
+    }
+
+    /// Whether the frozen linears run on the int8 kernels.
+    pub fn is_int8(self) -> bool {
+        self.weight_planes() > 0
     }
 
     /// Whether this CPU can run the packed kernels of this precision.
@@ -68,7 +86,7 @@ impl Precision {
             let f = std::arch::is_x86_feature_detected!("avx512f");
             match self {
                 Precision::F32 => f,
-                Precision::Int8 => {
+                Precision::Int8 | Precision::Int8Fast => {
                     f && std::arch::is_x86_feature_detected!("avx512bw")
                         && std::arch::is_x86_feature_detected!("avx512vnni")
                 }
@@ -87,8 +105,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "int8" => Ok(Precision::Int8),
+            "int8-fast" => Ok(Precision::Int8Fast),
             other => Err(format!(
-                "unknown precision `{other}` (expected f32 or int8)"
+                "unknown precision `{other}` (expected f32, int8 or int8-fast)"
             )),
         }
     }
@@ -103,16 +122,19 @@ impl std::fmt::Display for Precision {
 enum Data {
     /// Panel `p`, row `kk`, lane `j` at `(p·k + kk)·NR + j`: `W[p·NR + j, kk]`.
     F32(Vec<f32>),
-    /// Panel `p`, quad `q`, plane `h`, lane `j` at `((p·k4 + q)·2 + h)·NR + j`: four
-    /// int8 values (first in the low byte) of `W[p·NR + j, 4q .. 4q + 4]`: plane 0
-    /// `round(W / scale)`, plane 1 the remainder in steps of `scale / LO`.
+    /// Panel `p`, quad `q`, plane `h`, lane `j` at `((p·k4 + q)·planes + h)·NR + j`:
+    /// four int8 values (first in the low byte) of `W[p·NR + j, 4q .. 4q + 4]`: plane
+    /// 0 `round(W / scale)`, plane 1 (when `planes` is 2) the remainder in steps of
+    /// `scale / LO`.
     Int8 {
         q: Vec<u32>,
+        /// 1 or 2.
+        planes: usize,
         /// Per input channel: `1 / s_j` applied to the activations (None: no smoothing).
         smooth: Option<Vec<f32>>,
         /// Per output column (padded to whole panels): max |W[c, :]| / 127.
         scale: Vec<f32>,
-        /// Per panel, plane and column (`(p·2 + h)·NR + j`): the sum of its int8
+        /// Per panel, plane and column (`(p·planes + h)·NR + j`): the sum of its int8
         /// values (for the zero point).
         colsum: Vec<i32>,
         /// The same weight in f32, for the rows uint8 would round too coarsely.
@@ -170,7 +192,8 @@ impl PackedWeight {
                     .for_each(|(p, panel)| pack_panel(panel, w, k, p, o, k));
                 Data::F32(d)
             }
-            Precision::Int8 => {
+            Precision::Int8 | Precision::Int8Fast => {
+                let planes = precision.weight_planes();
                 let w_orig = w;
                 let s = ranges.map(|r| smoothing(w, o, k, r));
                 let smoothed: Vec<f32>;
@@ -186,10 +209,14 @@ impl PackedWeight {
                 };
                 let k4 = k.div_ceil(4);
                 let mut scale = vec![0f32; panels * NR];
-                let mut colsum = vec![0i32; panels * 2 * NR];
-                let mut d = vec![0u32; panels * k4 * 2 * NR];
-                d.par_chunks_mut(k4 * 2 * NR)
-                    .zip(scale.par_chunks_mut(NR).zip(colsum.par_chunks_mut(2 * NR)))
+                let mut colsum = vec![0i32; panels * planes * NR];
+                let mut d = vec![0u32; panels * k4 * planes * NR];
+                d.par_chunks_mut(k4 * planes * NR)
+                    .zip(
+                        scale
+                            .par_chunks_mut(NR)
+                            .zip(colsum.par_chunks_mut(planes * NR)),
+                    )
                     .enumerate()
                     .for_each(|(p, (panel, (sc, cs)))| {
                         for j in 0..NR.min(o - p * NR) {
@@ -216,15 +243,20 @@ impl PackedWeight {
                                     hi |= ((qh as i8 as u8) as u32) << (8 * b);
                                     lo |= ((ql as i8 as u8) as u32) << (8 * b);
                                 }
-                                panel[(2 * q) * NR + j] = hi;
-                                panel[(2 * q + 1) * NR + j] = lo;
+                                panel[(planes * q) * NR + j] = hi;
+                                if planes == 2 {
+                                    panel[(2 * q + 1) * NR + j] = lo;
+                                }
                             }
                             cs[j] = sum_hi;
-                            cs[NR + j] = sum_lo;
+                            if planes == 2 {
+                                cs[NR + j] = sum_lo;
+                            }
                         }
                     });
                 Data::Int8 {
                     q: d,
+                    planes,
                     smooth: s.map(|s| s.iter().map(|v| 1.0 / v).collect()),
                     scale,
                     colsum,
@@ -238,7 +270,8 @@ impl PackedWeight {
     pub fn precision(&self) -> Precision {
         match self.data {
             Data::F32(_) => Precision::F32,
-            Data::Int8 { .. } => Precision::Int8,
+            Data::Int8 { planes: 2, .. } => Precision::Int8,
+            Data::Int8 { .. } => Precision::Int8Fast,
         }
     }
 
@@ -257,6 +290,7 @@ impl PackedWeight {
                 scale,
                 colsum,
                 fallback,
+                ..
             } => {
                 q.len() * 4
                     + scale.len() * 4
@@ -354,6 +388,7 @@ impl PackedWeight {
             }
             Data::Int8 {
                 q,
+                planes,
                 smooth,
                 scale: col_scale,
                 colsum,
@@ -381,7 +416,12 @@ impl PackedWeight {
                 job.rows = rows.as_ptr();
                 job.col_scale = col_scale.as_ptr();
                 job.col_sum = colsum.as_ptr();
-                run(n, &job, Kind::Int8, act);
+                let kind = if *planes == 2 {
+                    Kind::Int8
+                } else {
+                    Kind::Int8x1
+                };
+                run(n, &job, kind, act);
                 if !coarse.is_empty() {
                     // SAFETY: `of` holds coarse.len() initialised rows.
                     unsafe {
@@ -483,13 +523,16 @@ fn pack_panel(panel: &mut [f32], src: &[f32], ld: usize, p: usize, n: usize, k: 
 #[derive(Clone, Copy)]
 enum Kind {
     F32,
+    /// Two weight planes.
     Int8,
+    /// One weight plane.
+    Int8x1,
 }
 
 impl Kind {
     fn rows(self) -> usize {
         match self {
-            Kind::F32 => MR,
+            Kind::F32 | Kind::Int8x1 => MR,
             Kind::Int8 => MR_INT8,
         }
     }
@@ -497,7 +540,7 @@ impl Kind {
     /// Weight planes per packed step.
     fn planes(self) -> usize {
         match self {
-            Kind::F32 => 1,
+            Kind::F32 | Kind::Int8x1 => 1,
             Kind::Int8 => 2,
         }
     }
@@ -530,6 +573,7 @@ impl Kind {
         unsafe {
             match self {
                 Kind::F32 => dispatch!(tile_f32),
+                Kind::Int8x1 => dispatch!(tile_int8x1),
                 Kind::Int8 => match m {
                     1 => tile_int8::<1>(t),
                     2 => tile_int8::<2>(t),
@@ -643,6 +687,55 @@ fn exp512(x: __m512) -> __m512 {
         _mm512_set1_epi32(127),
     ));
     _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
+}
+
+/// Exact (erf) GELU in place, 16 lanes at a time (masked tail): erf as in
+/// `kernels::simd::erf` (Abramowitz & Stegun 7.1.26) with its division done as a
+/// reciprocal estimate and one Newton step, and [`exp512`].
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gelu_avx512(xs: &mut [f32]) {
+    let n = xs.len();
+    let s = _mm512_set1_ps;
+    let p = xs.as_mut_ptr();
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let k: u16 = if left >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << left) - 1) as u16
+        };
+        // SAFETY: the load and store are masked to the slice's n values.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(k, p.add(i));
+            let u = _mm512_mul_ps(x, s(std::f32::consts::FRAC_1_SQRT_2));
+            // erf(9) is 1 in f32; the clamp keeps p·e⁻ᵃ² out of the subnormals.
+            let a = _mm512_min_ps(_mm512_abs_ps(u), s(9.0));
+            let d = _mm512_fmadd_ps(a, s(0.327_591_1), s(1.0));
+            let r = _mm512_rcp14_ps(d);
+            // One Newton step: r·(2 − d·r), to ~1e-7 relative.
+            let t = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, s(2.0)));
+            let mut q = s(1.061_405_4);
+            for c in [-1.453_152, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+                q = _mm512_fmadd_ps(q, t, s(c));
+            }
+            q = _mm512_mul_ps(q, t);
+            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+            let erf_abs = _mm512_fnmadd_ps(q, e, s(1.0));
+            let erf = _mm512_castsi512_ps(_mm512_xor_si512(
+                _mm512_castps_si512(erf_abs),
+                _mm512_and_si512(_mm512_castps_si512(u), sign),
+            ));
+            let half_x = _mm512_mul_ps(x, s(0.5));
+            _mm512_mask_storeu_ps(p.add(i), k, _mm512_fmadd_ps(half_x, erf, half_x));
+        }
+        i += 16;
+    }
 }
 
 /// Softmax of one row in place, 16 lanes at a time (masked tail).
@@ -901,6 +994,51 @@ unsafe fn tile_int8<const M: usize>(t: &Tile) {
     }
 }
 
+/// [`tile_int8`] with one weight plane: twice the rows per tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_int8x1<const M: usize>(t: &Tile) {
+    // SAFETY: the tile's buffers (see `run`); VNNI checked at packing.
+    unsafe {
+        let a = t.a as *const i32;
+        let b = t.b as *const __m512i;
+        let mut acc = [[_mm512_setzero_si512(); 2]; M];
+        for q in 0..t.steps {
+            let w = [
+                _mm512_loadu_si512(b.add(2 * q)),
+                _mm512_loadu_si512(b.add(2 * q + 1)),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32(*a.add(r * t.lda + q));
+                acc[0] = _mm512_dpbusd_epi32(acc[0], av, w[0]);
+                acc[1] = _mm512_dpbusd_epi32(acc[1], av, w[1]);
+            }
+        }
+        let cs = [0, 1].map(|half| _mm512_loadu_si512(t.col_sum.add(16 * half) as *const __m512i));
+        let sc = [0, 1].map(|half| {
+            _mm512_mul_ps(
+                _mm512_loadu_ps(t.col_scale.add(16 * half)),
+                _mm512_set1_ps(t.scale),
+            )
+        });
+        for (r, acc) in acc.into_iter().enumerate() {
+            let rq = *t.rows.add(r);
+            let z = _mm512_set1_epi32(rq.zero);
+            let rs = _mm512_set1_ps(rq.scale);
+            // Σ (q − zero)·w = Σ q·w − zero·Σ w, exact in i32.
+            let v = [0, 1].map(|half| {
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[half], _mm512_mullo_epi32(z, cs[half])))
+            });
+            store_row(
+                t,
+                r,
+                v,
+                [_mm512_mul_ps(sc[0], rs), _mm512_mul_ps(sc[1], rs)],
+            );
+        }
+    }
+}
+
 /// Quantises each row of `x` `[n, k]` to uint8 with its own scale and zero point
 /// (covering the row's min..max, 0 included); returns the rows as `⌈k/4⌉` quads each.
 fn quantize_rows(x: &[f32], n: usize, k: usize, smooth: Option<&[f32]>) -> (Vec<u32>, Vec<RowQ>) {
@@ -1066,7 +1204,14 @@ mod tests {
     /// `x` and `w` as the int8 kernel sees them: rows of `x` through `quantize_row`,
     /// columns of `w` rounded to 127 steps of their max plus the remainder in steps
     /// LO times finer.
-    fn dequantized(x: &[f32], w: &[f32], n: usize, o: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    fn dequantized(
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        o: usize,
+        k: usize,
+        planes: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
         let mut xd = Vec::with_capacity(n * k);
         for row in x.chunks(k) {
             let mut q = vec![0u32; k.div_ceil(4)];
@@ -1084,7 +1229,12 @@ mod tests {
             let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
             wd.extend(row.iter().map(|v| {
                 let hi = (v / s).round();
-                s * (hi + ((v / s - hi) * LO).round() / LO)
+                let lo = if planes == 2 {
+                    ((v / s - hi) * LO).round() / LO
+                } else {
+                    0.0
+                };
+                s * (hi + lo)
             }));
         }
         assert_eq!((xd.len(), wd.len()), (n * k, o * k));
@@ -1097,7 +1247,7 @@ mod tests {
     /// i32 sums are exact) and stay close to the f32 product.
     #[test]
     fn matches_reference_on_ragged_shapes() {
-        for precision in [Precision::F32, Precision::Int8] {
+        for precision in [Precision::F32, Precision::Int8, Precision::Int8Fast] {
             if !precision.supported() {
                 eprintln!("SKIPPED: this CPU cannot run {precision}");
                 continue;
@@ -1118,8 +1268,8 @@ mod tests {
                 let exact = reference(&x, &w, n, o, k);
                 let want = match precision {
                     Precision::F32 => exact.clone(),
-                    Precision::Int8 => {
-                        let (xd, wd) = dequantized(&x, &w, n, o, k);
+                    p => {
+                        let (xd, wd) = dequantized(&x, &w, n, o, k, p.weight_planes());
                         reference(&xd, &wd, n, o, k)
                     }
                 };
@@ -1154,7 +1304,7 @@ mod tests {
 
     #[test]
     fn writing_into_fresh_memory_with_a_fused_activation_matches_a_separate_pass() {
-        for precision in [Precision::F32, Precision::Int8] {
+        for precision in [Precision::F32, Precision::Int8, Precision::Int8Fast] {
             if !precision.supported() {
                 eprintln!("SKIPPED: this CPU cannot run {precision}");
                 continue;
@@ -1168,7 +1318,7 @@ mod tests {
                 if k > 1 {
                     x[r * k + 1] = -40.0;
                 }
-                if precision == Precision::Int8 && k >= 384 {
+                if precision.is_int8() && k >= 384 {
                     assert!(quantize_rows(&x, n, k, None).1[r].coarse);
                 }
                 let w = rand(o * k, 6 + o as u64);
@@ -1214,6 +1364,9 @@ mod tests {
     fn precision_parses_and_names() {
         assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
         assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+        for p in [Precision::F32, Precision::Int8, Precision::Int8Fast] {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
         assert!("fp8".parse::<Precision>().unwrap_err().contains("fp8"));
     }
 }

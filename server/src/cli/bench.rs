@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Timed repeats after one warm-up pass over a single batch.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
-    /// Arithmetic of the backbone's linears (f32 or int8). For int8 the run ends by
+    /// Arithmetic of the backbone's linears (f32, int8 or int8-fast). For int8 the run ends by
     /// encoding the same documents in f32 and printing the cosine between the two.
     #[arg(long, default_value = "f32")]
     pub precision: aside_backbone::Precision,

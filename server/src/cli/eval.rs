@@ -59,8 +59,9 @@ pub struct EvalArgs {
     pub max_length: usize,
     #[arg(long, default_value_t = aside_backbone::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    /// Arithmetic of the backbone's linears: f32, or int8 (AVX-512 VNNI; faster,
-    /// embeddings within 0.999 cosine of f32).
+    /// Arithmetic of the backbone's linears: f32; int8 (AVX-512 VNNI; faster,
+    /// embeddings within 0.999 cosine of f32); or int8-fast (one int8 weight plane:
+    /// faster again, within 0.995).
     #[arg(long, default_value = "f32")]
     pub precision: aside_backbone::Precision,
 }

@@ -30,8 +30,9 @@ pub struct ServeArgs {
     /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
     #[arg(long, env = "ASIDE_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// Arithmetic of the backbone's linears: f32, or int8 (AVX-512 VNNI; faster,
-    /// embeddings within 0.999 cosine of f32).
+    /// Arithmetic of the backbone's linears: f32; int8 (AVX-512 VNNI; faster,
+    /// embeddings within 0.999 cosine of f32); or int8-fast (one int8 weight plane:
+    /// faster again, within 0.995).
     #[arg(long, env = "ASIDE_PRECISION", default_value = "f32")]
     pub precision: aside_backbone::Precision,
     /// gRPC port (same host); 0 picks a free one.
