@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# Load test on loopback with wrk: `POST /v1/collections/scifact/search` (k=10, no
-# rerank) on the full SciFact corpus at concurrency 32; then `POST /v1/embed` of the
-# same queries on one adapter vs spread over 16 adapters.
+# Load test on loopback with oha: `POST /v1/collections/scifact/search` (k=10, no
+# rerank) on the full SciFact corpus at concurrency 32, saturated (every client sends
+# its next request as soon as the last is answered) and at a fixed 200 requests/s;
+# then `POST /v1/embed` of the same queries on one adapter against the same spread
+# over 16 adapters, alternated ROUNDS times.
 #
-#   bench/load.sh BEIR_SCIFACT_DIR        (needs wrk and python3; ~10 minutes)
+#   bench/load.sh BEIR_SCIFACT_DIR        (needs oha and python3; ~15 minutes)
 #
-# PRECISION=int8 serves the int8 backbone; DOCS=N indexes only the corpus's first N
-# documents (the query's forward pass, not the HNSW search, is the cost measured).
+# oha: `cargo install oha`. PRECISION=int8|int8-fast serves the int8 backbone;
+# DOCS=N indexes only the corpus's first N documents (the query's forward pass, not
+# the HNSW search, is the cost measured); DURATION (default 30s) per run; RATE
+# (default 200) for the fixed-rate run; ROUNDS (default 3).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data="${1:?usage: bench/load.sh BEIR_SCIFACT_DIR}"
 aside="${ASIDE:-target/release/aside}"
+oha="${OHA:-oha}"
+command -v "$oha" > /dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
 port="${PORT:-18090}"
 dur="${DURATION:-30s}"
+rate="${RATE:-200}"
+rounds="${ROUNDS:-3}"
 tmp="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-"$aside" serve --port "$port" --data-dir "$tmp/data" --precision "${PRECISION:-f32}" \
-  2> "$tmp/server.log" &
+"$aside" serve --port "$port" --grpc-port 0 --data-dir "$tmp/data" \
+  --precision "${PRECISION:-f32}" 2> "$tmp/server.log" &
 pid=$!
 base="http://127.0.0.1:$port"
-for _ in $(seq 100); do curl -sf "$base/health" > /dev/null && break; sleep 0.2; done
+for _ in $(seq 300); do curl -sf "$base/health" > /dev/null && break; sleep 0.2; done
 
 for i in $(seq 0 15); do
   "$aside" adapter init --kind iaa-l --r 12 --ar 12 --seed "$i" -o "$tmp/a$i.safetensors" 2> /dev/null
@@ -27,6 +35,8 @@ for i in $(seq 0 15); do
 done
 curl -sf -X PUT "$base/v1/collections/scifact" -H 'content-type: application/json' -d '{"adapter": "a0"}' > /dev/null
 
+# Index the corpus; write the request bodies, one JSON per line, cycling through the
+# 300 test queries (the embed bodies for 16 adapters name a0 .. a15 in turn).
 python3 - "$data" "$base" "$tmp" "${DOCS:-0}" <<'PY'
 import json, sys, time, urllib.request
 data, base, tmp, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -41,42 +51,67 @@ for i in range(0, len(docs), 100):
 print(f"indexed {len(docs)} documents over HTTP in {time.time() - t0:.0f} s", file=sys.stderr)
 ids = {l.split("\t")[0] for l in list(open(f"{data}/qrels/test.tsv"))[1:]}
 qs = [json.loads(l)["text"] for l in open(f"{data}/queries.jsonl") if json.loads(l)["_id"] in ids]
-# JSON-encoded query strings inside Lua long brackets: no Lua escaping involved.
-with open(f"{tmp}/queries.lua", "w") as f:
-    f.write("queries = {" + ",".join("[==[" + json.dumps(q) + "]==]" for q in qs) + "}\n")
+with open(f"{tmp}/search.txt", "w") as f:
+    f.writelines(json.dumps({"query": q, "k": 10}) + "\n" for q in qs)
+with open(f"{tmp}/embed1.txt", "w") as f:
+    f.writelines(json.dumps({"inputs": [q], "adapter": "a0"}) + "\n" for q in qs)
+with open(f"{tmp}/embed16.txt", "w") as f:
+    f.writelines(json.dumps({"inputs": [q], "adapter": f"a{i % 16}"}) + "\n" for i, q in enumerate(qs))
 PY
 
-cat > "$tmp/search.lua" <<LUA
-dofile("$tmp/queries.lua")
-local n = 0
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-request = function()
-  n = n + 1
-  local q = queries[(n % #queries) + 1]
-  local body = '{"query": ' .. q .. ', "k": 10}'
-  return wrk.format(nil, "/v1/collections/scifact/search", nil, body)
-end
-LUA
-embed_lua() { # $1 = number of adapters
-cat > "$tmp/embed$1.lua" <<LUA
-dofile("$tmp/queries.lua")
-local n = 0
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-request = function()
-  n = n + 1
-  local q = queries[(n % #queries) + 1]
-  local body = '{"inputs": [' .. q .. '], "adapter": "a' .. (n % $1) .. '"}'
-  return wrk.format(nil, "/v1/embed", nil, body)
-end
-LUA
+# The server's CPU time (utime + stime) and the machine's total and stolen time, in
+# clock ticks: the server's CPU time per request does not depend on how much of the
+# machine a busy host lets this VM have; the steal share says how much that was.
+ticks() {
+  local server
+  server=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  awk -v s="$server" '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print s, t, $9}' /proc/stat
 }
-embed_lua 1
-embed_lua 16
-echo "== search, 1 adapter, concurrency 32"
-wrk -t2 -c32 -d"$dur" --latency -s "$tmp/search.lua" "$base" | grep -E "Requests/sec|Latency|99%|50%|Non-2xx"
-echo "== embed, 1 adapter, concurrency 32"
-wrk -t2 -c32 -d"$dur" --latency -s "$tmp/embed1.lua" "$base" | grep -E "Requests/sec|99%|50%|Non-2xx"
-echo "== embed, spread over 16 adapters, concurrency 32"
-wrk -t2 -c32 -d"$dur" --latency -s "$tmp/embed16.lua" "$base" | grep -E "Requests/sec|99%|50%|Non-2xx"
+# One oha run: NAME PATH BODIES [oha options]; its JSON summary goes to $tmp/NAME.json,
+# the ticks before and after to $tmp/NAME.ticks.
+load() {
+  local name=$1 path=$2 bodies=$3
+  shift 3
+  ticks > "$tmp/$name.ticks"
+  "$oha" --no-tui --output-format json -o "$tmp/$name.json" -c 32 -z "$dur" -m POST \
+    -T application/json -Z "$bodies" "$@" "$base$path"
+  ticks >> "$tmp/$name.ticks"
+}
+# Warm-up (not reported).
+DUR="$dur"; dur=5s; load warmup /v1/collections/scifact/search "$tmp/search.txt"; dur="$DUR"
+load search /v1/collections/scifact/search "$tmp/search.txt"
+load search-rate /v1/collections/scifact/search "$tmp/search.txt" -q "$rate" --latency-correction
+for r in $(seq "$rounds"); do
+  load "embed1-$r" /v1/embed "$tmp/embed1.txt"
+  load "embed16-$r" /v1/embed "$tmp/embed16.txt"
+done
+
+python3 - "$tmp" "$rounds" "$rate" "${PRECISION:-f32}" <<'PY'
+import json, statistics, sys
+tmp, rounds, rate, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def run(name):
+    j = json.load(open(f"{tmp}/{name}.json"))
+    s, p = j["summary"], j["latencyPercentiles"]
+    codes = j.get("statusCodeDistribution", {})
+    bad = sum(v for k, v in codes.items() if not k.startswith("2"))
+    n = sum(codes.values())
+    (s0, t0, st0), (s1, t1, st1) = [map(int, l.split()) for l in open(f"{tmp}/{name}.ticks")]
+    # Ticks are 1/100 s (USER_HZ); /proc/stat sums both cores.
+    cpu_ms = 10 * (s1 - s0) / max(n, 1)
+    steal = 100 * (st1 - st0) / max(t1 - t0, 1)
+    return s["requestsPerSec"], 1000 * p["p50"], 1000 * p["p99"], bad, n, cpu_ms, steal
+print(f"precision {precision}, concurrency 32")
+for name, what in [("search", "search, saturated"), ("search-rate", f"search, fixed {rate} req/s")]:
+    rps, p50, p99, bad, n, cpu, steal = run(name)
+    print(f"{what}: {rps:.1f} req/s, p50 {p50:.0f} ms, p99 {p99:.0f} ms ({n} requests, "
+          f"{bad} not 2xx); server CPU {cpu:.2f} ms/request; steal {steal:.0f}%")
+for k, what in [(1, "1 adapter:  "), (16, "16 adapters:")]:
+    runs = [run(f"embed{k}-{r}") for r in range(1, rounds + 1)]
+    print(f"embed, {what} " + ", ".join(f"{v[0]:.1f} req/s ({v[5]:.2f} ms CPU, steal {v[6]:.0f}%)" for v in runs))
+one = [run(f"embed1-{r}") for r in range(1, rounds + 1)]
+many = [run(f"embed16-{r}") for r in range(1, rounds + 1)]
+med = lambda rs, i: statistics.median(r[i] for r in rs)
+print(f"16 / 1 adapter: throughput per round " + ", ".join(f"{m[0] / o[0]:.2f}" for o, m in zip(one, many))
+      + f", medians {med(many, 0) / med(one, 0):.2f}x; by server CPU per request "
+      + f"{med(one, 5) / med(many, 5):.2f}x")
+PY

@@ -206,22 +206,24 @@ fn embed_in_int8_stays_close_to_f32() {
     };
     let f32_out = run(&args("f32"), input);
     assert!(f32_out.status.success());
-    let out = run(&args("int8"), input);
-    if !aside_backbone::Precision::Int8.supported() {
-        eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("VNNI"));
-        return;
-    }
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (x, y) in lines(&f32_out).iter().zip(&lines(&out)) {
-        let (x, y) = (vector(x), vector(y));
-        let dot: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
-        assert!(dot > 0.99, "int8 vs f32 cosine {dot}");
-        assert_ne!(x, y, "int8 gave the f32 numbers");
+    for precision in ["int8", "int8-fast"] {
+        let out = run(&args(precision), input);
+        if !aside_backbone::Precision::Int8.supported() {
+            eprintln!("SKIPPED: this CPU has no AVX-512 VNNI");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("VNNI"));
+            return;
+        }
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (x, y) in lines(&f32_out).iter().zip(&lines(&out)) {
+            let (x, y) = (vector(x), vector(y));
+            let dot: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            assert!(dot > 0.99, "{precision} vs f32 cosine {dot}");
+            assert_ne!(x, y, "{precision} gave the f32 numbers");
+        }
     }
     let out = run(&args("fp8"), input);
     assert!(!out.status.success());

@@ -33,7 +33,12 @@ pub struct Job {
 pub struct BatchConfig {
     pub max_items: usize,
     pub max_tokens: usize,
+    /// The longest a batch waits for more requests after its first arrived.
     pub max_wait: Duration,
+    /// The batch closes early once no request has arrived for this long: a lone
+    /// request waits only this, while a burst (clients answered together send again
+    /// together) is gathered whole, up to `max_wait`.
+    pub max_gap: Duration,
     pub forward_batch: usize,
 }
 
@@ -42,7 +47,8 @@ impl Default for BatchConfig {
         BatchConfig {
             max_items: 64,
             max_tokens: 16_384,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::from_millis(8),
+            max_gap: Duration::from_millis(1),
             forward_batch: 32,
         }
     }
@@ -143,6 +149,7 @@ fn run(
             },
         };
         let deadline = Instant::now() + cfg.max_wait;
+        let mut last_arrival = Instant::now();
         let mut batch: Vec<Pending> = Vec::new();
         let (mut items, mut tokens) = (0usize, 0usize);
         let mut next = Some(first);
@@ -173,11 +180,15 @@ fn run(
                 break;
             }
             let now = Instant::now();
-            next = if now >= deadline {
+            let until = deadline.min(last_arrival + cfg.max_gap);
+            next = if now >= until {
                 rx.try_recv().ok()
             } else {
-                rx.recv_timeout(deadline - now).ok()
+                rx.recv_timeout(until - now).ok()
             };
+            if next.is_some() {
+                last_arrival = Instant::now();
+            }
         }
         if batch.is_empty() {
             continue;

@@ -77,9 +77,13 @@ pub struct ServeArgs {
     /// Token budget of one gathered batch.
     #[arg(long, env = "ASIDE_MAX_BATCH_TOKENS", default_value_t = 16384)]
     pub max_batch_tokens: usize,
-    /// Microseconds the queue waits for more requests before running a batch.
-    #[arg(long, env = "ASIDE_MAX_WAIT_US", default_value_t = 2000)]
+    /// The most microseconds a batch waits for more requests after its first.
+    #[arg(long, env = "ASIDE_MAX_WAIT_US", default_value_t = 8000)]
     pub max_wait_us: u64,
+    /// A batch runs as soon as no request has arrived for this many microseconds
+    /// (so a lone request waits only this; a burst is gathered up to --max-wait-us).
+    #[arg(long, env = "ASIDE_BATCH_GAP_US", default_value_t = 1000)]
+    pub batch_gap_us: u64,
 }
 
 /// Everything `serve` builds before listening (tests build the same).
@@ -118,6 +122,7 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
             max_items: a.max_batch,
             max_tokens: a.max_batch_tokens,
             max_wait: Duration::from_micros(a.max_wait_us),
+            max_gap: Duration::from_micros(a.batch_gap_us.min(a.max_wait_us)),
             forward_batch: 32,
         },
         metrics.clone(),
