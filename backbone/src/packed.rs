@@ -14,7 +14,8 @@
 //!   exactly in i32, four multiply-adds per lane and instruction, and the epilogue
 //!   removes the zero point and applies the scales in f32. A row whose rounding
 //!   error would exceed [`COARSE`] of its norm (a few channels far above the rest,
-//!   as at [CLS] and [SEP]) is computed with the f32 weight instead. BERT's hidden
+//!   as at [CLS] and [SEP]) is quantised to 16 bits instead, as two uint8 rows (high
+//!   and low bytes) through the same int8 weight, summed after. BERT's hidden
 //!   states have a few outlier channels (|x| ~10 where most are ~1), which would
 //!   waste the row's 256 levels; given each input channel's typical range, the
 //!   weight is packed with per-channel smoothing (SmoothQuant, α = ½): column `j` of
@@ -137,8 +138,6 @@ enum Data {
         /// Per panel, plane and column (`(p·planes + h)·NR + j`): the sum of its int8
         /// values (for the zero point).
         colsum: Vec<i32>,
-        /// The same weight in f32, for the rows uint8 would round too coarsely.
-        fallback: Box<PackedWeight>,
     },
 }
 
@@ -194,7 +193,6 @@ impl PackedWeight {
             }
             Precision::Int8 | Precision::Int8Fast => {
                 let planes = precision.weight_planes();
-                let w_orig = w;
                 let s = ranges.map(|r| smoothing(w, o, k, r));
                 let smoothed: Vec<f32>;
                 let w = match &s {
@@ -260,7 +258,6 @@ impl PackedWeight {
                     smooth: s.map(|s| s.iter().map(|v| 1.0 / v).collect()),
                     scale,
                     colsum,
-                    fallback: Box::new(PackedWeight::new(w_orig, o, k, Precision::F32)?),
                 }
             }
         };
@@ -289,14 +286,12 @@ impl PackedWeight {
                 smooth,
                 scale,
                 colsum,
-                fallback,
                 ..
             } => {
                 q.len() * 4
                     + scale.len() * 4
                     + colsum.len() * 4
                     + smooth.as_ref().map_or(0, |s| s.len() * 4)
-                    + fallback.bytes()
             }
         }
     }
@@ -392,21 +387,20 @@ impl PackedWeight {
                 smooth,
                 scale: col_scale,
                 colsum,
-                fallback,
             } => {
                 let k4 = k.div_ceil(4);
                 let (xq, rows) = quantize_rows(x, n, k, smooth.as_deref());
                 // Rows uint8 cannot hold well (a few channels far above the rest, as at
-                // [CLS] and [SEP]) go through the f32 weight instead.
+                // [CLS] and [SEP]) are quantised again to 16 bits, split into two uint8
+                // rows that run through the same int8 weight and are summed after.
                 let coarse: Vec<usize> = (0..n).filter(|r| rows[*r].coarse).collect();
-                let mut xf = Vec::with_capacity(coarse.len() * k);
-                let mut of = vec![0f32; coarse.len() * o];
-                for (i, r) in coarse.iter().enumerate() {
-                    xf.extend_from_slice(&x[r * k..][..k]);
-                    if accumulate {
+                let mut prior = Vec::new();
+                if accumulate {
+                    for r in &coarse {
                         // SAFETY: row r of `out` is initialised when accumulating.
-                        let row = unsafe { std::slice::from_raw_parts(out.add(r * o), o) };
-                        of[i * o..][..o].copy_from_slice(row);
+                        prior.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(out.add(r * o), o)
+                        });
                     }
                 }
                 job.a = xq.as_ptr() as *const u8;
@@ -422,23 +416,35 @@ impl PackedWeight {
                     Kind::Int8x1
                 };
                 run(n, &job, kind, act);
-                if !coarse.is_empty() {
-                    // SAFETY: `of` holds coarse.len() initialised rows.
-                    unsafe {
-                        fallback.product(
-                            &xf,
-                            coarse.len(),
-                            of.as_mut_ptr(),
-                            accumulate,
-                            bias,
-                            scale,
-                            act,
-                        )
-                    };
-                    for (r, row) in coarse.iter().zip(of.chunks(o)) {
-                        // SAFETY: row r of `out` has o writable floats.
-                        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(r * o), o) };
+                if coarse.is_empty() {
+                    return;
+                }
+                let m = coarse.len();
+                let (xq2, rows2) = quantize_rows16(x, &coarse, k, smooth.as_deref());
+                let mut y = vec![0f32; 2 * m * o];
+                let split = Tile {
+                    a: xq2.as_ptr() as *const u8,
+                    c: y.as_mut_ptr(),
+                    bias: std::ptr::null(),
+                    accumulate: false,
+                    rows: rows2.as_ptr(),
+                    ..job
+                };
+                run(2 * m, &split, kind, Epilogue::None);
+                let mut row = vec![0f32; o];
+                for (i, r) in coarse.iter().enumerate() {
+                    let (hi, lo) = (&y[2 * i * o..][..o], &y[(2 * i + 1) * o..][..o]);
+                    for c in 0..o {
+                        row[c] = hi[c] + lo[c] + bias.map_or(0.0, |b| b[c]);
                     }
+                    if accumulate {
+                        row.iter_mut()
+                            .zip(&prior[i * o..][..o])
+                            .for_each(|(v, p)| *v += p);
+                    }
+                    crate::kernels::activate_slice(&mut row, act);
+                    // SAFETY: row r of `out` has o writable floats.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(r * o), o) };
                 }
             }
         }
@@ -795,7 +801,7 @@ struct RowQ {
     coarse: bool,
 }
 
-/// The relative rounding error of a row above which it is computed in f32. On
+/// The relative rounding error of a row above which it is quantised to 16 bits. On
 /// MiniLM over SciFact documents 2.5% sends 3–4% of the rows to f32 ([CLS], [SEP] and
 /// a few others) and keeps every embedding within 0.9998 cosine of f32; 5% would
 /// leave the rows of an empty text at 0.998.
@@ -1062,6 +1068,54 @@ fn quantize_rows(x: &[f32], n: usize, k: usize, smooth: Option<&[f32]>) -> (Vec<
                 rq.coarse = rq.scale * (k as f32 / 12.0).sqrt() > COARSE * norm(row);
             }
         });
+    (q, rows)
+}
+
+/// Quantises the rows `which` of `x` `[n, k]` (after smoothing) to 16 bits,
+/// `x ≈ s·(v − z)` with `v` in 0..=65535, and splits each into two uint8 rows of
+/// `⌈k/4⌉` quads: the high bytes (scale 256·s, zero z >> 8) and the low bytes (scale
+/// s, zero z & 255), whose products with a weight sum to the 16-bit one.
+fn quantize_rows16(
+    x: &[f32],
+    which: &[usize],
+    k: usize,
+    smooth: Option<&[f32]>,
+) -> (Vec<u32>, Vec<RowQ>) {
+    let k4 = k.div_ceil(4);
+    let mut q = vec![0u32; 2 * which.len() * k4];
+    let mut rows = Vec::with_capacity(2 * which.len());
+    for (i, r) in which.iter().enumerate() {
+        let xrow = &x[r * k..][..k];
+        let row: Vec<f32> = match smooth {
+            None => xrow.to_vec(),
+            Some(inv) => xrow.iter().zip(inv).map(|(v, s)| v * s).collect(),
+        };
+        let (lo, hi) = row
+            .iter()
+            .fold((0f32, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let scale = if hi > lo { (hi - lo) / 65535.0 } else { 1.0 };
+        let zero = (-lo / scale).round().clamp(0.0, 65535.0) as i32;
+        let inv = 1.0 / scale;
+        let (qh, ql) = q[2 * i * k4..][..2 * k4].split_at_mut(k4);
+        // SAFETY: reinterpreting the u32 quads as their bytes (same memory).
+        let bh = unsafe { std::slice::from_raw_parts_mut(qh.as_mut_ptr() as *mut u8, k4 * 4) };
+        let bl = unsafe { std::slice::from_raw_parts_mut(ql.as_mut_ptr() as *mut u8, k4 * 4) };
+        for ((h, l), v) in bh.iter_mut().zip(bl.iter_mut()).zip(&row) {
+            let u = ((v * inv).round_ties_even() + zero as f32).clamp(0.0, 65535.0) as u32;
+            *h = (u >> 8) as u8;
+            *l = (u & 255) as u8;
+        }
+        rows.push(RowQ {
+            scale: 256.0 * scale,
+            zero: zero >> 8,
+            coarse: false,
+        });
+        rows.push(RowQ {
+            scale,
+            zero: zero & 255,
+            coarse: false,
+        });
+    }
     (q, rows)
 }
 
@@ -1340,6 +1394,46 @@ mod tests {
                     // SAFETY: matmul_into writes every element.
                     unsafe { got.set_len(n * o) };
                     assert_eq!(got, want, "{precision} {n}x{o}x{k} {act:?}");
+                }
+            }
+        }
+    }
+
+    /// A row with far outlier channels is quantised to 16 bits (two uint8 rows): its
+    /// product matches the exact activations against the dequantised weight.
+    #[test]
+    fn coarse_rows_run_at_sixteen_bits() {
+        for precision in [Precision::Int8, Precision::Int8Fast] {
+            if !precision.supported() {
+                eprintln!("SKIPPED: this CPU cannot run {precision}");
+                continue;
+            }
+            let (n, o, k) = (7, 70, 384);
+            let mut x = rand(n * k, 11);
+            for r in [0, 3] {
+                x[r * k + 5] = 60.0;
+                x[r * k + 17] = -45.0;
+            }
+            let rows = quantize_rows(&x, n, k, None).1;
+            assert!(rows[0].coarse && rows[3].coarse && !rows[1].coarse);
+            let w = rand(o * k, 12);
+            let b = rand(o, 13);
+            let init = rand(n * o, 14);
+            let pw = PackedWeight::new(&w, o, k, precision).unwrap();
+            let (_, wd) = dequantized(&x, &w, n, o, k, precision.weight_planes());
+            let want = reference(&x, &wd, n, o, k);
+            let mut y = init.clone();
+            pw.matmul(&x, n, &mut y, true, Some(&b), 0.5);
+            for r in [0, 3] {
+                let row = &want[r * o..][..o];
+                let size = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for c in 0..o {
+                    let e = init[r * o + c] + b[c] + 0.5 * row[c];
+                    let got = y[r * o + c];
+                    assert!(
+                        (got - e).abs() <= 2e-4 * size,
+                        "{precision} row {r} col {c}: {got} vs {e}"
+                    );
                 }
             }
         }
