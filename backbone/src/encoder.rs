@@ -197,6 +197,21 @@ impl Backbone {
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].ids.len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); items.len()];
+        // The forward runs on a worker of the rayon pool: its many small parallel
+        // regions (one per matmul, attention, activation) then split work between
+        // the workers instead of each being injected from outside and waited for.
+        rayon::scope(|_| self.encode_chunks(items, encoded, &order, batch_size, &mut out))?;
+        Ok(out)
+    }
+
+    fn encode_chunks(
+        &self,
+        items: &[Item<'_>],
+        encoded: &[Encoded],
+        order: &[usize],
+        batch_size: usize,
+        out: &mut [Vec<f32>],
+    ) -> Result<()> {
         for chunk in order.chunks(batch_size.max(1)) {
             let mut chunk = chunk.to_vec();
             // Rows of the same adapter must be contiguous to form a group.
@@ -206,7 +221,7 @@ impl Backbone {
                 out[i] = v;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn encode_batch(
