@@ -695,19 +695,35 @@ fn exp512(x: __m512) -> __m512 {
     _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
 }
 
-/// Exact (erf) GELU in place, 16 lanes at a time (masked tail): erf as in
-/// `kernels::simd::erf` (Abramowitz & Stegun 7.1.26) with its division done as a
-/// reciprocal estimate and one Newton step, and [`exp512`].
+/// Exact (erf) GELU in place, 16 lanes at a time (masked tail). erf is a rational
+/// minimax approximation, `x·P(x²) / Q(x²)` on [−4, 4] (degrees 13 and 8; within
+/// 1e-7 of erf), its division a reciprocal estimate and one Newton step: no
+/// exponential. Beyond ±3.9, where erf rounds to ±1 in f32, it is ±1 exactly.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn gelu_avx512(xs: &mut [f32]) {
+    const P: [f32; 7] = [
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_1e-3,
+        -1.609_603_3e-2,
+    ];
+    const Q: [f32; 5] = [
+        -1.456_607_2e-5,
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329e-3,
+        -1.426_474e-2,
+    ];
     let n = xs.len();
     let s = _mm512_set1_ps;
     let p = xs.as_mut_ptr();
-    let sign = _mm512_set1_epi32(i32::MIN);
     let mut i = 0;
     while i < n {
         let left = n - i;
@@ -720,23 +736,28 @@ pub(crate) unsafe fn gelu_avx512(xs: &mut [f32]) {
         unsafe {
             let x = _mm512_maskz_loadu_ps(k, p.add(i));
             let u = _mm512_mul_ps(x, s(std::f32::consts::FRAC_1_SQRT_2));
-            // erf(9) is 1 in f32; the clamp keeps p·e⁻ᵃ² out of the subnormals.
-            let a = _mm512_min_ps(_mm512_abs_ps(u), s(9.0));
-            let d = _mm512_fmadd_ps(a, s(0.327_591_1), s(1.0));
-            let r = _mm512_rcp14_ps(d);
-            // One Newton step: r·(2 − d·r), to ~1e-7 relative.
-            let t = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, s(2.0)));
-            let mut q = s(1.061_405_4);
-            for c in [-1.453_152, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
-                q = _mm512_fmadd_ps(q, t, s(c));
+            let u = _mm512_min_ps(_mm512_max_ps(u, s(-4.0)), s(4.0));
+            let u2 = _mm512_mul_ps(u, u);
+            let mut num = s(P[0]);
+            for c in &P[1..] {
+                num = _mm512_fmadd_ps(num, u2, s(*c));
             }
-            q = _mm512_mul_ps(q, t);
-            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
-            let erf_abs = _mm512_fnmadd_ps(q, e, s(1.0));
-            let erf = _mm512_castsi512_ps(_mm512_xor_si512(
-                _mm512_castps_si512(erf_abs),
-                _mm512_and_si512(_mm512_castps_si512(u), sign),
+            num = _mm512_mul_ps(num, u);
+            let mut den = s(Q[0]);
+            for c in &Q[1..] {
+                den = _mm512_fmadd_ps(den, u2, s(*c));
+            }
+            let r = _mm512_rcp14_ps(den);
+            // One Newton step: r·(2 − d·r), to ~1e-7 relative.
+            let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, s(2.0)));
+            // Beyond ±3.9 erf rounds to ±1 in f32: set it exactly, so that GELU is
+            // exactly 0 far on the negative side, as the exact function.
+            let one = _mm512_castsi512_ps(_mm512_or_si512(
+                _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32(i32::MIN)),
+                _mm512_castps_si512(s(1.0)),
             ));
+            let tail = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(u), s(3.9));
+            let erf = _mm512_mask_blend_ps(tail, _mm512_mul_ps(num, r), one);
             let half_x = _mm512_mul_ps(x, s(0.5));
             _mm512_mask_storeu_ps(p.add(i), k, _mm512_fmadd_ps(half_x, erf, half_x));
         }
