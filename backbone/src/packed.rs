@@ -1074,22 +1074,53 @@ fn quantize_rows(x: &[f32], n: usize, k: usize, smooth: Option<&[f32]>) -> (Vec<
     let mut rows = vec![RowQ::default(); n];
     q.par_chunks_mut(k4 * 16)
         .zip(rows.par_chunks_mut(16).zip(x.par_chunks(k * 16)))
-        .for_each(|(q, (rows, x))| {
-            let mut scaled = Vec::new();
-            for ((qrow, rq), xrow) in q.chunks_mut(k4).zip(rows).zip(x.chunks(k)) {
-                let row = match smooth {
-                    None => xrow,
-                    Some(inv) => {
-                        scaled.clear();
-                        scaled.extend(xrow.iter().zip(inv).map(|(v, s)| v * s));
-                        &scaled[..]
-                    }
-                };
-                *rq = quantize_row(qrow, row);
-                rq.coarse = rq.scale * (k as f32 / 12.0).sqrt() > COARSE * norm(row);
-            }
-        });
+        .for_each(|(q, (rows, x))| quantize_chunk(q, rows, x, k, smooth));
     (q, rows)
+}
+
+/// [`quantize_rows`] for one chunk of rows, compiled for AVX-512 where the CPU has
+/// it (the smoothing and norm loops then vectorise to it).
+fn quantize_chunk(q: &mut [u32], rows: &mut [RowQ], x: &[f32], k: usize, smooth: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn fast(
+            q: &mut [u32],
+            rows: &mut [RowQ],
+            x: &[f32],
+            k: usize,
+            smooth: Option<&[f32]>,
+        ) {
+            quantize_chunk_body(q, rows, x, k, smooth)
+        }
+        // SAFETY: the CPU has the features `fast` was compiled for.
+        return unsafe { fast(q, rows, x, k, smooth) };
+    }
+    quantize_chunk_body(q, rows, x, k, smooth)
+}
+
+#[inline(always)]
+fn quantize_chunk_body(
+    q: &mut [u32],
+    rows: &mut [RowQ],
+    x: &[f32],
+    k: usize,
+    smooth: Option<&[f32]>,
+) {
+    let k4 = k.div_ceil(4);
+    let mut scaled = Vec::new();
+    for ((qrow, rq), xrow) in q.chunks_mut(k4).zip(rows).zip(x.chunks(k)) {
+        let row = match smooth {
+            None => xrow,
+            Some(inv) => {
+                scaled.clear();
+                scaled.extend(xrow.iter().zip(inv).map(|(v, s)| v * s));
+                &scaled[..]
+            }
+        };
+        *rq = quantize_row(qrow, row);
+        rq.coarse = rq.scale * (k as f32 / 12.0).sqrt() > COARSE * norm(row);
+    }
 }
 
 /// Quantises the rows `which` of `x` `[n, k]` (after smoothing) to 16 bits,
@@ -1182,6 +1213,7 @@ fn smoothing(w: &[f32], o: usize, k: usize, ranges: &[f32]) -> Vec<f32> {
 }
 
 /// The Euclidean norm, with independent partial sums so that it vectorises.
+#[inline(always)]
 fn norm(x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = x.chunks_exact(16);
