@@ -730,12 +730,7 @@ pub(crate) unsafe fn gelu_avx512(xs: &mut [f32]) {
     let p = xs.as_mut_ptr();
     let mut i = 0;
     while i < n {
-        let left = n - i;
-        let k: u16 = if left >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << left) - 1) as u16
-        };
+        let k = lane_mask(n - i);
         // SAFETY: the load and store are masked to the slice's n values.
         unsafe {
             let x = _mm512_maskz_loadu_ps(k, p.add(i));
@@ -774,14 +769,7 @@ pub(crate) unsafe fn gelu_avx512(xs: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 fn softmax_avx512(row: &mut [f32]) {
     let n = row.len();
-    let mask = |i: usize| -> u16 {
-        let left = n - i;
-        if left >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << left) - 1) as u16
-        }
-    };
+    let mask = |i: usize| lane_mask(n - i);
     let p = row.as_mut_ptr();
     // SAFETY: every load and store is masked to the row's n values.
     unsafe {
@@ -926,14 +914,16 @@ unsafe fn store_row(t: &Tile, r: usize, v: [__m512; 2], s: [__m512; 2]) {
 }
 
 fn lane_masks(cols: usize) -> (u16, u16) {
-    let m = |n: usize| -> u16 {
-        if n >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as u16
-        }
-    };
-    (m(cols), m(cols.saturating_sub(16)))
+    (lane_mask(cols), lane_mask(cols.saturating_sub(16)))
+}
+
+/// The mask of the first `min(n, 16)` lanes of a 16-lane register.
+fn lane_mask(n: usize) -> u16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

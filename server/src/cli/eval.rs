@@ -363,6 +363,9 @@ fn rerank_cache_path(a: &EvalArgs, b: &Backbone) -> anyhow::Result<PathBuf> {
     Ok(a.cache_dir.join(format!("rerank-{key}.tsv")))
 }
 
+/// Bytes of the digest a pair key keeps (hex: twice as many characters).
+const PAIR_KEY_BYTES: usize = 12;
+
 /// A (query, document) pair's line key: a digest of both texts.
 fn pair_key(query: &str, doc: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -370,7 +373,7 @@ fn pair_key(query: &str, doc: &str) -> String {
     h.update(query.as_bytes());
     h.update([0]);
     h.update(doc.as_bytes());
-    hex::encode(&h.finalize()[..12])
+    hex::encode(&h.finalize()[..PAIR_KEY_BYTES])
 }
 
 /// Re-ranking scores by pair key, appended to a file (`KEY<TAB>f32 bits in hex`, one
@@ -391,7 +394,7 @@ impl ScoreCache {
                 .filter_map(|l| {
                     let (k, v) = l.split_once('\t')?;
                     let v = f32::from_bits(u32::from_str_radix(v, 16).ok()?);
-                    (k.len() == 24 && v.is_finite()).then(|| (k.to_owned(), v))
+                    (k.len() == 2 * PAIR_KEY_BYTES && v.is_finite()).then(|| (k.to_owned(), v))
                 })
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
