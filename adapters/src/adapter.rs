@@ -32,14 +32,21 @@ impl Bottleneck {
     }
 
     /// `target + BN(x)`, for `x` and `target` `[..., d]`. Served through the fused
-    /// CPU kernels (the addition happens inside the up-projection's matmul); trainable
+    /// CPU kernel (one pass per row, the hidden values never leave registers); trainable
     /// (variable) weights take the differentiable candle ops.
     pub fn add_to(&self, target: &Tensor, x: &Tensor, act: Activation) -> CResult<Tensor> {
         use aside_backbone::kernels;
         let params = [&self.down_w, &self.down_b, &self.up_w, &self.up_b];
         if kernels::usable(&[x, target]) && kernels::usable(&params) {
-            let z = kernels::linear(x, &self.down_w, &self.down_b, act.epilogue())?;
-            return kernels::add_linear(target, &z, &self.up_w, Some(&self.up_b), 1.0);
+            return kernels::bottleneck(
+                target,
+                x,
+                &self.down_w,
+                &self.down_b,
+                &self.up_w,
+                &self.up_b,
+                act.epilogue(),
+            );
         }
         let dims = x.dims().to_vec();
         let d = *dims.last().expect("rank >= 1");

@@ -249,6 +249,9 @@ impl Backbone {
             if !need(p) {
                 return Ok(None);
             }
+            if p == Pooling::Mean && crate::kernels::usable(&[&h]) {
+                return Ok(Some(crate::kernels::mean_pool(&h, &inputs.lengths)?));
+            }
             let t = crate::pooling::pool(&h, &inputs.attention_mask, p)?;
             Ok(Some(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?))
         };

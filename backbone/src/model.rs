@@ -641,13 +641,11 @@ impl Bert {
             types.extend_from_slice(&all_types[i * t..i * t + len]);
             pos.extend(0..len as u32);
         }
-        let index = |v: Vec<u32>| Tensor::from_vec(v, n, &self.device);
-        let e = self
-            .word
-            .index_select(&index(ids)?, 0)?
-            .add(&self.token_type.index_select(&index(types)?, 0)?)?
-            .add(&self.position.index_select(&index(pos)?, 0)?)?
-            .reshape((n, 1, d))?;
+        let e = kernels::embed_sum(
+            [&self.word, &self.token_type, &self.position],
+            [&ids, &types, &pos],
+        )?
+        .reshape((n, 1, d))?;
         let token_groups: Vec<Group<'_>> = groups
             .iter()
             .map(|g| Group {

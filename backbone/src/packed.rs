@@ -764,6 +764,131 @@ pub(crate) unsafe fn gelu_avx512(xs: &mut [f32]) {
     }
 }
 
+/// The weights of one bottleneck laid out for [`bottleneck_rows_avx512`]: the down
+/// projection transposed to `[d, rp]` and its bias to `[rp]` (`rp` = r rounded up
+/// to 16 lanes, zeros beyond r), the up projection transposed to `[r, d]`.
+pub(crate) struct BottleneckWeights {
+    pub d: usize,
+    pub r: usize,
+    pub rp: usize,
+    pub down_t: Vec<f32>,
+    pub down_b: Vec<f32>,
+    pub up_t: Vec<f32>,
+    pub up_b: Vec<f32>,
+}
+
+impl BottleneckWeights {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.down_t.len() + self.down_b.len() + self.up_t.len() + self.up_b.len())
+    }
+
+    /// From `down` `[r, d]`, `down_b` `[r]`, `up` `[d, r]`, `up_b` `[d]`, row-major.
+    pub fn new(down: &[f32], down_b: &[f32], up: &[f32], up_b: &[f32], r: usize, d: usize) -> Self {
+        let rp = r.div_ceil(16) * 16;
+        let mut down_t = vec![0f32; d * rp];
+        let mut up_t = vec![0f32; r * d];
+        for j in 0..r {
+            for c in 0..d {
+                down_t[c * rp + j] = down[j * d + c];
+                up_t[j * d + c] = up[c * r + j];
+            }
+        }
+        let mut db = vec![0f32; rp];
+        db[..r].copy_from_slice(down_b);
+        BottleneckWeights {
+            d,
+            r,
+            rp,
+            down_t,
+            down_b: db,
+            up_t,
+            up_b: up_b.to_vec(),
+        }
+    }
+}
+
+/// `o = t + b_U + U act(D x + b_D)` for `rows` rows of `d` values (see
+/// [`crate::kernels::bottleneck`]). The down projection runs over the input's values
+/// (16 hidden values per register, four independent sums); the up projection keeps
+/// eight 16-lane blocks of the output row in registers while the hidden values go by.
+///
+/// # Safety
+/// The CPU has AVX-512F; `o`, `t` and `xs` hold `rows · w.d` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn bottleneck_rows_avx512(
+    o: *mut f32,
+    t: *const f32,
+    xs: *const f32,
+    rows: usize,
+    w: &BottleneckWeights,
+    act: Epilogue,
+) {
+    let (d, r, rp) = (w.d, w.r, w.rp);
+    let mut z = vec![0f32; rp];
+    let (dt, db, ut, ub) = (
+        w.down_t.as_ptr(),
+        w.down_b.as_ptr(),
+        w.up_t.as_ptr(),
+        w.up_b.as_ptr(),
+    );
+    // SAFETY: the caller's contract for o, t, xs; the weights' lengths are d·rp, rp,
+    // r·d and d; every access past d in a row is masked.
+    unsafe {
+        for i in 0..rows {
+            let x = xs.add(i * d);
+            for jb in (0..rp).step_by(16) {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                let mut k = 0;
+                while k + 4 <= d {
+                    for (u, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_loadu_ps(dt.add((k + u) * rp + jb));
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(k + u)), wv, *acc);
+                    }
+                    k += 4;
+                }
+                while k < d {
+                    let wv = _mm512_loadu_ps(dt.add(k * rp + jb));
+                    acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(k)), wv, acc[0]);
+                    k += 1;
+                }
+                let sum =
+                    _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                _mm512_storeu_ps(
+                    z.as_mut_ptr().add(jb),
+                    _mm512_add_ps(sum, _mm512_loadu_ps(db.add(jb))),
+                );
+            }
+            crate::kernels::activate_slice(&mut z[..r], act);
+            let (tr, or) = (t.add(i * d), o.add(i * d));
+            for cb in (0..d).step_by(128) {
+                let masks: [u16; 8] =
+                    std::array::from_fn(|v| lane_mask((d - cb).saturating_sub(16 * v)));
+                let mut acc: [__m512; 8] = std::array::from_fn(|v| {
+                    let at = cb + 16 * v;
+                    _mm512_add_ps(
+                        _mm512_maskz_loadu_ps(masks[v], tr.add(at.min(d))),
+                        _mm512_maskz_loadu_ps(masks[v], ub.add(at.min(d))),
+                    )
+                });
+                for (j, zj) in z[..r].iter().enumerate() {
+                    let bz = _mm512_set1_ps(*zj);
+                    let row = ut.add(j * d);
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        let at = (cb + 16 * v).min(d);
+                        *acc =
+                            _mm512_fmadd_ps(bz, _mm512_maskz_loadu_ps(masks[v], row.add(at)), *acc);
+                    }
+                }
+                for (v, acc) in acc.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(or.add((cb + 16 * v).min(d)), masks[v], acc);
+                }
+            }
+        }
+    }
+}
+
 /// Softmax of one row in place, 16 lanes at a time (masked tail).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]

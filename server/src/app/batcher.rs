@@ -1,11 +1,18 @@
-//! The batching queue: one inference thread owns the backbone's time. Requests for
-//! any mix of adapters are gathered into a batch bounded by item count, a token
+//! The batching queue: inference worker threads own the backbone's time. Requests
+//! for any mix of adapters are gathered into a batch bounded by item count, a token
 //! budget and a short wait, run as one forward (shared matmuls once, each adapter on
 //! its own rows), and answered over oneshot channels. A request whose client went
 //! away is dropped before it costs anything.
+//!
+//! One worker gathers at a time, the others run forwards meanwhile. A small batch
+//! (a few queries) runs on its worker's own single-thread pool, so the workers'
+//! forwards go side by side, one per core: a short forward split across cores spends
+//! much of its time waiting at its many joins, and on a shared host every pause of
+//! either core stalls both. A large batch (documents) splits each matmul across the
+//! whole pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aside_adapters::Adapter;
@@ -40,6 +47,11 @@ pub struct BatchConfig {
     /// together) is gathered whole, up to `max_wait`.
     pub max_gap: Duration,
     pub forward_batch: usize,
+    /// Threads that gather and run batches.
+    pub workers: usize,
+    /// Batches of more tokens than this split each forward across the whole rayon
+    /// pool; smaller ones run on their worker's thread alone.
+    pub parallel_tokens: usize,
 }
 
 impl Default for BatchConfig {
@@ -50,6 +62,8 @@ impl Default for BatchConfig {
             max_wait: Duration::from_millis(8),
             max_gap: Duration::from_millis(1),
             forward_batch: 32,
+            workers: rayon::current_num_threads().max(1),
+            parallel_tokens: 2048,
         }
     }
 }
@@ -59,7 +73,7 @@ pub trait BatchObserver: Send + Sync {
     fn batch(&self, items: usize, tokens: usize, seconds: f64);
 }
 
-/// The clonable handle; the thread owns the queue.
+/// The clonable handle; the workers own the queue.
 #[derive(Clone)]
 pub struct Batcher {
     tx: std::sync::mpsc::Sender<Job>,
@@ -70,11 +84,19 @@ impl Batcher {
     pub fn start(backbone: Arc<Backbone>, cfg: BatchConfig, obs: Arc<dyn BatchObserver>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let depth = Arc::new(AtomicUsize::new(0));
-        let d = depth.clone();
-        std::thread::Builder::new()
-            .name("aside-inference".into())
-            .spawn(move || run(backbone, cfg, rx, d, obs))
-            .expect("spawn inference thread");
+        let queue = Arc::new(Mutex::new(Queue { rx, carry: None }));
+        for w in 0..cfg.workers.max(1) {
+            let (b, queue, d, obs) = (backbone.clone(), queue.clone(), depth.clone(), obs.clone());
+            let own = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("aside-forward-{w}"))
+                .build()
+                .expect("build a worker's thread pool");
+            std::thread::Builder::new()
+                .name(format!("aside-inference-{w}"))
+                .spawn(move || run(b, cfg, queue, d, obs, own))
+                .expect("spawn inference thread");
+        }
         Batcher { tx, depth }
     }
 
@@ -106,11 +128,18 @@ impl Batcher {
         };
         if self.tx.send(job).is_err() {
             self.depth.fetch_sub(n, Ordering::Relaxed);
-            return Err("the inference thread has stopped".into());
+            return Err("the inference threads have stopped".into());
         }
         rx.await
             .map_err(|_| "the inference thread dropped the request".to_string())?
     }
+}
+
+/// The queue's receiving end and a job taken from it that did not fit the last
+/// batch (it opens the next): held by the gathering worker.
+struct Queue {
+    rx: std::sync::mpsc::Receiver<Job>,
+    carry: Option<Job>,
 }
 
 struct Pending {
@@ -135,66 +164,24 @@ fn tokenize(b: &Backbone, job: &Job) -> Result<Vec<Encoded>, String> {
 fn run(
     b: Arc<Backbone>,
     cfg: BatchConfig,
-    rx: std::sync::mpsc::Receiver<Job>,
+    queue: Arc<Mutex<Queue>>,
     depth: Arc<AtomicUsize>,
     obs: Arc<dyn BatchObserver>,
+    own: rayon::ThreadPool,
 ) {
-    let mut carry: Option<Job> = None;
     loop {
-        let first = match carry.take() {
-            Some(j) => j,
-            None => match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            },
+        let Some((batch, items, tokens)) = gather(&b, &cfg, &queue, &depth) else {
+            return;
         };
-        let deadline = Instant::now() + cfg.max_wait;
-        let mut last_arrival = Instant::now();
-        let mut batch: Vec<Pending> = Vec::new();
-        let (mut items, mut tokens) = (0usize, 0usize);
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            if job.reply.is_closed() {
-                depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
-            } else {
-                match tokenize(&b, &job) {
-                    Err(e) => {
-                        depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
-                        let _ = job.reply.send(Err(e));
-                    }
-                    Ok(enc) => {
-                        let t: usize = enc.iter().map(|e| e.ids.len()).sum();
-                        if !batch.is_empty()
-                            && (items + enc.len() > cfg.max_items || tokens + t > cfg.max_tokens)
-                        {
-                            carry = Some(job);
-                            break;
-                        }
-                        items += enc.len();
-                        tokens += t;
-                        batch.push(Pending { job, encoded: enc });
-                    }
-                }
-            }
-            if items >= cfg.max_items || tokens >= cfg.max_tokens {
-                break;
-            }
-            let now = Instant::now();
-            let until = deadline.min(last_arrival + cfg.max_gap);
-            next = if now >= until {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_timeout(until - now).ok()
-            };
-            if next.is_some() {
-                last_arrival = Instant::now();
-            }
-        }
         if batch.is_empty() {
             continue;
         }
         let t0 = Instant::now();
-        let result = encode(&b, &batch, cfg.forward_batch);
+        let result = if tokens > cfg.parallel_tokens {
+            encode(&b, &batch, cfg.forward_batch)
+        } else {
+            own.install(|| encode(&b, &batch, cfg.forward_batch))
+        };
         obs.batch(items, tokens, t0.elapsed().as_secs_f64());
         depth.fetch_sub(items, Ordering::Relaxed);
         match result {
@@ -212,6 +199,65 @@ fn run(
             }
         }
     }
+}
+
+/// Gathers one batch, holding the queue meanwhile: `(batch, items, tokens)`, or
+/// None once every sender is gone.
+fn gather(
+    b: &Backbone,
+    cfg: &BatchConfig,
+    queue: &Mutex<Queue>,
+    depth: &AtomicUsize,
+) -> Option<(Vec<Pending>, usize, usize)> {
+    // A worker that panicked while gathering left the queue as it was: go on with it.
+    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+    let first = match q.carry.take() {
+        Some(j) => j,
+        None => q.rx.recv().ok()?,
+    };
+    let deadline = Instant::now() + cfg.max_wait;
+    let mut last_arrival = Instant::now();
+    let mut batch: Vec<Pending> = Vec::new();
+    let (mut items, mut tokens) = (0usize, 0usize);
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        if job.reply.is_closed() {
+            depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
+        } else {
+            match tokenize(b, &job) {
+                Err(e) => {
+                    depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
+                    let _ = job.reply.send(Err(e));
+                }
+                Ok(enc) => {
+                    let t: usize = enc.iter().map(|e| e.ids.len()).sum();
+                    if !batch.is_empty()
+                        && (items + enc.len() > cfg.max_items || tokens + t > cfg.max_tokens)
+                    {
+                        q.carry = Some(job);
+                        break;
+                    }
+                    items += enc.len();
+                    tokens += t;
+                    batch.push(Pending { job, encoded: enc });
+                }
+            }
+        }
+        if items >= cfg.max_items || tokens >= cfg.max_tokens {
+            break;
+        }
+        let now = Instant::now();
+        let until = deadline.min(last_arrival + cfg.max_gap);
+        next = if now >= until {
+            q.rx.try_recv().ok()
+        } else {
+            q.rx.recv_timeout(until - now).ok()
+        };
+        if next.is_some() {
+            last_arrival = Instant::now();
+        }
+    }
+    Some((batch, items, tokens))
 }
 
 fn encode(b: &Backbone, batch: &[Pending], forward_batch: usize) -> Result<Vec<Vec<f32>>, String> {

@@ -84,6 +84,14 @@ pub struct ServeArgs {
     /// (so a lone request waits only this; a burst is gathered up to --max-wait-us).
     #[arg(long, env = "ASIDE_BATCH_GAP_US", default_value_t = 1000)]
     pub batch_gap_us: u64,
+    /// Inference workers: one gathers a batch while the others run theirs (0: one
+    /// per thread of the compute pool on the CPU, one on a GPU).
+    #[arg(long, env = "ASIDE_INFERENCE_WORKERS", default_value_t = 0)]
+    pub inference_workers: usize,
+    /// A batch of more tokens than this splits each forward across every core;
+    /// a smaller one (a few queries) runs on one core, beside the other workers'.
+    #[arg(long, env = "ASIDE_PARALLEL_BATCH_TOKENS", default_value_t = 2048)]
+    pub parallel_batch_tokens: usize,
 }
 
 /// Everything `serve` builds before listening (tests build the same).
@@ -124,6 +132,12 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
             max_wait: Duration::from_micros(a.max_wait_us),
             max_gap: Duration::from_micros(a.batch_gap_us.min(a.max_wait_us)),
             forward_batch: 32,
+            workers: match a.inference_workers {
+                0 if backbone.bert().device().is_cpu() => rayon::current_num_threads().max(1),
+                0 => 1,
+                n => n,
+            },
+            parallel_tokens: a.parallel_batch_tokens,
         },
         metrics.clone(),
     );
