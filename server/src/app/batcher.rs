@@ -42,9 +42,8 @@ pub struct BatchConfig {
     pub max_tokens: usize,
     /// The longest a batch waits for more requests after its first arrived.
     pub max_wait: Duration,
-    /// The batch closes early once no request has arrived for this long: a lone
-    /// request waits only this, while a burst (clients answered together send again
-    /// together) is gathered whole, up to `max_wait`.
+    /// The batch closes early once no request has arrived for this long (zero: it
+    /// takes what is queued and runs): a burst is gathered whole, up to `max_wait`.
     pub max_gap: Duration,
     pub forward_batch: usize,
     /// Threads that gather and run batches.
@@ -60,7 +59,7 @@ impl Default for BatchConfig {
             max_items: 64,
             max_tokens: 16_384,
             max_wait: Duration::from_millis(8),
-            max_gap: Duration::from_millis(1),
+            max_gap: Duration::ZERO,
             forward_batch: 32,
             workers: rayon::current_num_threads().max(1),
             parallel_tokens: 2048,
@@ -201,6 +200,15 @@ fn run(
     }
 }
 
+/// The most inputs one batch takes: `max_items`, and no more than an even split of
+/// everything waiting or running between the workers, so that one worker does not
+/// take the whole queue while another finds it empty (the latency of the requests in
+/// the big batch would be twice everyone else's).
+fn share(cfg: &BatchConfig, depth: &AtomicUsize) -> usize {
+    let even = depth.load(Ordering::Relaxed).div_ceil(cfg.workers.max(1));
+    cfg.max_items.min(even).max(1)
+}
+
 /// Gathers one batch, holding the queue meanwhile: `(batch, items, tokens)`, or
 /// None once every sender is gone.
 fn gather(
@@ -232,7 +240,7 @@ fn gather(
                 Ok(enc) => {
                     let t: usize = enc.iter().map(|e| e.ids.len()).sum();
                     if !batch.is_empty()
-                        && (items + enc.len() > cfg.max_items || tokens + t > cfg.max_tokens)
+                        && (items + enc.len() > share(cfg, depth) || tokens + t > cfg.max_tokens)
                     {
                         q.carry = Some(job);
                         break;
@@ -243,7 +251,7 @@ fn gather(
                 }
             }
         }
-        if items >= cfg.max_items || tokens >= cfg.max_tokens {
+        if items >= share(cfg, depth) || tokens >= cfg.max_tokens {
             break;
         }
         let now = Instant::now();

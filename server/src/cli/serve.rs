@@ -77,12 +77,15 @@ pub struct ServeArgs {
     /// Token budget of one gathered batch.
     #[arg(long, env = "ASIDE_MAX_BATCH_TOKENS", default_value_t = 16384)]
     pub max_batch_tokens: usize,
-    /// The most microseconds a batch waits for more requests after its first.
+    /// The most microseconds a batch waits for more requests after its first (with
+    /// a --batch-gap-us above 0).
     #[arg(long, env = "ASIDE_MAX_WAIT_US", default_value_t = 8000)]
     pub max_wait_us: u64,
-    /// A batch runs as soon as no request has arrived for this many microseconds
-    /// (so a lone request waits only this; a burst is gathered up to --max-wait-us).
-    #[arg(long, env = "ASIDE_BATCH_GAP_US", default_value_t = 1000)]
+    /// A batch runs once no request has arrived for this many microseconds (a burst
+    /// is gathered up to --max-wait-us). 0: a free worker takes what is queued (up to
+    /// an even share per worker) and runs it at once; under load the queue fills
+    /// while the workers compute, so batches grow by themselves.
+    #[arg(long, env = "ASIDE_BATCH_GAP_US", default_value_t = 0)]
     pub batch_gap_us: u64,
     /// Inference workers: one gathers a batch while the others run theirs (0: one
     /// per thread of the compute pool on the CPU, one on a GPU).
