@@ -369,9 +369,7 @@ fn bottleneck_on(
                         };
                     } else {
                         let mut z = vec![0f32; w.rp];
-                        simd::bottleneck_rows(
-                            o, t, xs, &w.down_t, &w.up_t, &w.down_b, &w.up_b, &mut z, act,
-                        );
+                        simd::bottleneck_rows(o, t, xs, &w, &mut z, act);
                     }
                 })
         })
@@ -717,38 +715,32 @@ pub(crate) mod simd {
         }
     }
 
-    /// Rows of [`super::bottleneck`] (the portable loop): `o = t + ub + U act(D x + db)`
-    /// per row of `d = ub.len()` values, with `D` transposed to `dt` `[d, rp]`, its
-    /// bias `db` `[rp]`, `U` transposed to `ut` `[r, d]`, and `z` `[rp]` scratch.
-    #[allow(clippy::too_many_arguments)]
+    /// Rows of [`super::bottleneck`] (the portable loop): `o = t + b_U + U act(D x + b_D)`
+    /// per row of `w.d` values, through `w`'s transposed layout; `z` is `[w.rp]` scratch.
     #[inline(always)]
     fn bottleneck_rows_body(
         o: &mut [std::mem::MaybeUninit<f32>],
         t: &[f32],
         xs: &[f32],
-        dt: &[f32],
-        ut: &[f32],
-        db: &[f32],
-        ub: &[f32],
+        w: &crate::packed::BottleneckWeights,
         z: &mut [f32],
         act: super::Epilogue,
     ) {
-        let (d, rp) = (ub.len(), db.len());
-        let r = ut.len() / d;
+        let (d, r, rp) = (w.d, w.r, w.rp);
         for ((o, t), xr) in o.chunks_mut(d).zip(t.chunks(d)).zip(xs.chunks(d)) {
-            z.copy_from_slice(db);
+            z.copy_from_slice(&w.down_b);
             for (k, xk) in xr.iter().enumerate() {
-                axpy_body(z, *xk, &dt[k * rp..][..rp]);
+                axpy_body(z, *xk, &w.down_t[k * rp..][..rp]);
             }
             super::activate_slice(&mut z[..r], act);
-            for ((o, t), b) in o.iter_mut().zip(t).zip(ub) {
+            for ((o, t), b) in o.iter_mut().zip(t).zip(&w.up_b) {
                 o.write(t + b);
             }
             // SAFETY: every element of the row was written just above, and
             // MaybeUninit<f32> has f32's layout.
             let o = unsafe { &mut *(o as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             for (j, &zj) in z[..r].iter().enumerate() {
-                axpy_body(o, zj, &ut[j * d..][..d]);
+                axpy_body(o, zj, &w.up_t[j * d..][..d]);
             }
         }
     }
@@ -808,7 +800,7 @@ pub(crate) mod simd {
     dispatch!(softmax, softmax_body, (row: &mut [f32]));
     dispatch!(swish, swish_body, (xs: &mut [f32]));
     dispatch!(tanh, tanh_body, (xs: &mut [f32]));
-    dispatch!(bottleneck_rows, bottleneck_rows_body, (o: &mut [std::mem::MaybeUninit<f32>], t: &[f32], xs: &[f32], dt: &[f32], ut: &[f32], db: &[f32], ub: &[f32], z: &mut [f32], act: super::Epilogue));
+    dispatch!(bottleneck_rows, bottleneck_rows_body, (o: &mut [std::mem::MaybeUninit<f32>], t: &[f32], xs: &[f32], w: &crate::packed::BottleneckWeights, z: &mut [f32], act: super::Epilogue));
     dispatch!(add_to3, add_to3_body, (o: &mut [f32], a: &[f32], b: &[f32], c: &[f32]));
     dispatch!(add_assign, add_assign_body, (o: &mut [f32], a: &[f32]));
     dispatch!(add_layer_norm, add_layer_norm_body, (o: &mut [f32], a: &[f32], b: &[f32], g: &[f32], bt: &[f32], eps: f32));
