@@ -578,18 +578,31 @@ pub(crate) fn add_layer_norm(
 ) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let d = *dims.last().expect("rank >= 1");
-    let mut out = vec![0f32; x.elem_count()];
+    let n = x.elem_count();
+    if y.elem_count() != n || gamma.elem_count() != d || beta.elem_count() != d {
+        candle_core::bail!(
+            "add_layer_norm: x {:?}, y {:?}, gamma {:?}, beta {:?}",
+            x.dims(),
+            y.dims(),
+            gamma.dims(),
+            beta.dims()
+        );
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let dst = &mut out.spare_capacity_mut()[..n];
     with_slice(x, |xs| {
         with_slice(y, |ys| {
             with_slice(gamma, |g| {
                 with_slice(beta, |bt| {
-                    out.par_chunks_mut(d)
+                    dst.par_chunks_mut(d)
                         .zip(xs.par_chunks(d).zip(ys.par_chunks(d)))
                         .for_each(|(o, (a, b))| simd::add_layer_norm(o, a, b, g, bt, eps as f32));
                 })
             })
         })
     })????;
+    // SAFETY: every row of `out` was written by `add_layer_norm`.
+    unsafe { out.set_len(n) };
     Tensor::from_vec(out, dims, &Device::Cpu)
 }
 
@@ -693,11 +706,21 @@ pub(crate) mod simd {
     }
 
     #[inline(always)]
-    fn add_layer_norm_body(o: &mut [f32], a: &[f32], b: &[f32], g: &[f32], bt: &[f32], eps: f32) {
+    fn add_layer_norm_body(
+        o: &mut [std::mem::MaybeUninit<f32>],
+        a: &[f32],
+        b: &[f32],
+        g: &[f32],
+        bt: &[f32],
+        eps: f32,
+    ) {
         let d = o.len() as f32;
         for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-            *o = a + b;
+            o.write(a + b);
         }
+        // SAFETY: every element was written just above; MaybeUninit<f32> has f32's
+        // layout.
+        let o = unsafe { &mut *(o as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
         let mean = sum(o) / d;
         o.iter_mut().for_each(|v| *v -= mean);
         let mut acc = [0f32; LANES];
@@ -803,7 +826,7 @@ pub(crate) mod simd {
     dispatch!(bottleneck_rows, bottleneck_rows_body, (o: &mut [std::mem::MaybeUninit<f32>], t: &[f32], xs: &[f32], w: &crate::packed::BottleneckWeights, z: &mut [f32], act: super::Epilogue));
     dispatch!(add_to3, add_to3_body, (o: &mut [f32], a: &[f32], b: &[f32], c: &[f32]));
     dispatch!(add_assign, add_assign_body, (o: &mut [f32], a: &[f32]));
-    dispatch!(add_layer_norm, add_layer_norm_body, (o: &mut [f32], a: &[f32], b: &[f32], g: &[f32], bt: &[f32], eps: f32));
+    dispatch!(add_layer_norm, add_layer_norm_body, (o: &mut [std::mem::MaybeUninit<f32>], a: &[f32], b: &[f32], g: &[f32], bt: &[f32], eps: f32));
 }
 
 #[cfg(test)]
@@ -887,10 +910,16 @@ mod tests {
         assert!(diff < 1e-5, "add_linear differs by {diff}");
 
         // The bottleneck at ragged sizes (r not a multiple of 16 lanes, d not of 16
-        // or 128), every activation, both the AVX-512 rows and the portable loop.
-        for (r, d) in [(12, 384), (5, 40), (17, 150)] {
-            let x = Tensor::randn(0f32, 1.0, (2, 7, d), &dev)?;
-            let t = Tensor::randn(0f32, 1.0, (2, 7, d), &dev)?;
+        // or 64, row counts that leave 3, 2 and 1 rows after the blocks of four),
+        // every activation, both the AVX-512 rows and the portable loop.
+        for (r, d, (b, t)) in [
+            (12, 384, (3, 5)),
+            (5, 40, (2, 7)),
+            (17, 150, (1, 9)),
+            (3, 16, (1, 1)),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, t, d), &dev)?;
+            let t = Tensor::randn(0f32, 1.0, (b, t, d), &dev)?;
             let dw = Tensor::randn(0f32, 0.2, (r, d), &dev)?;
             let db = Tensor::randn(0f32, 0.2, r, &dev)?;
             let uw = Tensor::randn(0f32, 0.2, (d, r), &dev)?;
@@ -901,9 +930,12 @@ mod tests {
                 Epilogue::Swish,
                 Epilogue::Tanh,
             ] {
-                let z = x.reshape((14, d))?.matmul(&dw.t()?)?.broadcast_add(&db)?;
+                let z = x
+                    .reshape((b * x.dim(1)?, d))?
+                    .matmul(&dw.t()?)?
+                    .broadcast_add(&db)?;
                 let z = activate(&z, epi)?;
-                let want = (&t + z.matmul(&uw.t()?)?.broadcast_add(&ub)?.reshape((2, 7, d))?)?;
+                let want = (&t + z.matmul(&uw.t()?)?.broadcast_add(&ub)?.reshape(t.dims())?)?;
                 let mut paths = vec![false];
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx512f") {

@@ -809,9 +809,11 @@ impl BottleneckWeights {
 }
 
 /// `o = t + b_U + U act(D x + b_D)` for `rows` rows of `d` values (see
-/// [`crate::kernels::bottleneck`]). The down projection runs over the input's values
-/// (16 hidden values per register, four independent sums); the up projection keeps
-/// eight 16-lane blocks of the output row in registers while the hidden values go by.
+/// [`crate::kernels::bottleneck`]), four rows at a time so that every weight loaded
+/// serves four rows: the down projection runs over the input's values (16 hidden
+/// values per register, two independent sums per row), the up projection keeps four
+/// 16-lane blocks of each of the four output rows in registers while the hidden
+/// values go by.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `o`, `t` and `xs` hold `rows · w.d` values.
@@ -825,8 +827,40 @@ pub(crate) unsafe fn bottleneck_rows_avx512(
     w: &BottleneckWeights,
     act: Epilogue,
 ) {
+    let mut z = vec![0f32; 4 * w.rp];
+    let mut i = 0;
+    while i < rows {
+        let m = (rows - i).min(4);
+        let at = i * w.d;
+        // SAFETY: rows i..i+m lie inside the caller's buffers.
+        unsafe {
+            let (o, t, x) = (o.add(at), t.add(at), xs.add(at));
+            match m {
+                4 => bottleneck_block::<4>(o, t, x, w, act, &mut z),
+                3 => bottleneck_block::<3>(o, t, x, w, act, &mut z),
+                2 => bottleneck_block::<2>(o, t, x, w, act, &mut z),
+                _ => bottleneck_block::<1>(o, t, x, w, act, &mut z),
+            }
+        }
+        i += m;
+    }
+}
+
+/// `R` rows of [`bottleneck_rows_avx512`]; `z` holds `R · w.rp` hidden values.
+///
+/// # Safety
+/// The CPU has AVX-512F; `o`, `t` and `xs` hold `R · w.d` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bottleneck_block<const R: usize>(
+    o: *mut f32,
+    t: *const f32,
+    xs: *const f32,
+    w: &BottleneckWeights,
+    act: Epilogue,
+    z: &mut [f32],
+) {
     let (d, r, rp) = (w.d, w.r, w.rp);
-    let mut z = vec![0f32; rp];
     let (dt, db, ut, ub) = (
         w.down_t.as_ptr(),
         w.down_b.as_ptr(),
@@ -834,55 +868,65 @@ pub(crate) unsafe fn bottleneck_rows_avx512(
         w.up_b.as_ptr(),
     );
     // SAFETY: the caller's contract for o, t, xs; the weights' lengths are d·rp, rp,
-    // r·d and d; every access past d in a row is masked.
+    // r·d and d; z holds R·rp; every access past d in a row is masked.
     unsafe {
-        for i in 0..rows {
-            let x = xs.add(i * d);
-            for jb in (0..rp).step_by(16) {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                let mut k = 0;
-                while k + 4 <= d {
-                    for (u, acc) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_loadu_ps(dt.add((k + u) * rp + jb));
-                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(k + u)), wv, *acc);
-                    }
-                    k += 4;
+        let zp = z.as_mut_ptr();
+        for jb in (0..rp).step_by(16) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            let mut k = 0;
+            while k + 2 <= d {
+                let w0 = _mm512_loadu_ps(dt.add(k * rp + jb));
+                let w1 = _mm512_loadu_ps(dt.add((k + 1) * rp + jb));
+                for (rr, acc) in acc.iter_mut().enumerate() {
+                    let x = xs.add(rr * d + k);
+                    acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*x), w0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(1)), w1, acc[1]);
                 }
-                while k < d {
-                    let wv = _mm512_loadu_ps(dt.add(k * rp + jb));
-                    acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(k)), wv, acc[0]);
-                    k += 1;
-                }
-                let sum =
-                    _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-                _mm512_storeu_ps(
-                    z.as_mut_ptr().add(jb),
-                    _mm512_add_ps(sum, _mm512_loadu_ps(db.add(jb))),
-                );
+                k += 2;
             }
-            crate::kernels::activate_slice(&mut z[..r], act);
-            let (tr, or) = (t.add(i * d), o.add(i * d));
-            for cb in (0..d).step_by(128) {
-                let masks: [u16; 8] =
-                    std::array::from_fn(|v| lane_mask((d - cb).saturating_sub(16 * v)));
-                let mut acc: [__m512; 8] = std::array::from_fn(|v| {
-                    let at = cb + 16 * v;
-                    _mm512_add_ps(
-                        _mm512_maskz_loadu_ps(masks[v], tr.add(at.min(d))),
-                        _mm512_maskz_loadu_ps(masks[v], ub.add(at.min(d))),
-                    )
-                });
-                for (j, zj) in z[..r].iter().enumerate() {
-                    let bz = _mm512_set1_ps(*zj);
-                    let row = ut.add(j * d);
+            if k < d {
+                let w0 = _mm512_loadu_ps(dt.add(k * rp + jb));
+                for (rr, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(rr * d + k)), w0, acc[0]);
+                }
+            }
+            let bias = _mm512_loadu_ps(db.add(jb));
+            for (rr, acc) in acc.iter().enumerate() {
+                let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), bias);
+                _mm512_storeu_ps(zp.add(rr * rp + jb), sum);
+            }
+        }
+        for rr in 0..R {
+            crate::kernels::activate_slice(&mut z[rr * rp..][..r], act);
+        }
+        let zp = z.as_ptr();
+        for cb in (0..d).step_by(64) {
+            let masks: [u16; 4] =
+                std::array::from_fn(|v| lane_mask((d - cb).saturating_sub(16 * v)));
+            let col = |v: usize| (cb + 16 * v).min(d);
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for (rr, acc) in acc.iter_mut().enumerate() {
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_add_ps(
+                        _mm512_maskz_loadu_ps(masks[v], t.add(rr * d + col(v))),
+                        _mm512_maskz_loadu_ps(masks[v], ub.add(col(v))),
+                    );
+                }
+            }
+            for j in 0..r {
+                let row = ut.add(j * d);
+                let u: [__m512; 4] =
+                    std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], row.add(col(v))));
+                for (rr, acc) in acc.iter_mut().enumerate() {
+                    let bz = _mm512_set1_ps(*zp.add(rr * rp + j));
                     for (v, acc) in acc.iter_mut().enumerate() {
-                        let at = (cb + 16 * v).min(d);
-                        *acc =
-                            _mm512_fmadd_ps(bz, _mm512_maskz_loadu_ps(masks[v], row.add(at)), *acc);
+                        *acc = _mm512_fmadd_ps(bz, u[v], *acc);
                     }
                 }
-                for (v, acc) in acc.into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(or.add((cb + 16 * v).min(d)), masks[v], acc);
+            }
+            for (rr, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(o.add(rr * d + col(v)), masks[v], *acc);
                 }
             }
         }
