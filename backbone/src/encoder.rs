@@ -197,9 +197,11 @@ impl Backbone {
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].ids.len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); items.len()];
-        // The forward runs on a worker of the rayon pool: its many small parallel
-        // regions (one per matmul, attention, activation) then split work between
-        // the workers instead of each being injected from outside and waited for.
+        // The forward runs on a worker of the current rayon pool (the global one, or
+        // the one-thread pool a server worker installs for a small batch): its many
+        // small parallel regions (one per matmul, attention, activation) then split
+        // work between the pool's threads instead of each being injected from
+        // outside and waited for.
         rayon::scope(|_| self.encode_chunks(items, encoded, &order, batch_size, &mut out))?;
         Ok(out)
     }

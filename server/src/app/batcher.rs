@@ -130,7 +130,7 @@ impl Batcher {
             return Err("the inference threads have stopped".into());
         }
         rx.await
-            .map_err(|_| "the inference thread dropped the request".to_string())?
+            .map_err(|_| "the inference worker dropped the request".to_string())?
     }
 }
 
