@@ -134,11 +134,11 @@ impl Batcher {
     }
 }
 
-/// The queue's receiving end and a job taken from it that did not fit the last
-/// batch (it opens the next): held by the gathering worker.
+/// The queue's receiving end and a job taken from it (already tokenised) that did
+/// not fit the last batch (it opens the next): held by the gathering worker.
 struct Queue {
     rx: std::sync::mpsc::Receiver<Job>,
-    carry: Option<Job>,
+    carry: Option<Pending>,
 }
 
 struct Pending {
@@ -209,6 +209,24 @@ fn share(cfg: &BatchConfig, depth: &AtomicUsize) -> usize {
     cfg.max_items.min(even).max(1)
 }
 
+/// A job ready to join a batch: tokenised, its client still waiting. A job whose
+/// client left is dropped, one whose text cannot be tokenised is answered with the
+/// error; both leave the queue's depth.
+fn admit(b: &Backbone, job: Job, depth: &AtomicUsize) -> Option<Pending> {
+    if job.reply.is_closed() {
+        depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
+        return None;
+    }
+    match tokenize(b, &job) {
+        Ok(encoded) => Some(Pending { job, encoded }),
+        Err(e) => {
+            depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
+            let _ = job.reply.send(Err(e));
+            None
+        }
+    }
+}
+
 /// Gathers one batch, holding the queue meanwhile: `(batch, items, tokens)`, or
 /// None once every sender is gone.
 fn gather(
@@ -219,51 +237,46 @@ fn gather(
 ) -> Option<(Vec<Pending>, usize, usize)> {
     // A worker that panicked while gathering left the queue as it was: go on with it.
     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-    let first = match q.carry.take() {
-        Some(j) => j,
-        None => q.rx.recv().ok()?,
+    let mut next = match q.carry.take() {
+        // Carried over already tokenised; its client may have left since.
+        Some(p) if p.job.reply.is_closed() => {
+            depth.fetch_sub(p.job.texts.len(), Ordering::Relaxed);
+            None
+        }
+        Some(p) => Some(p),
+        None => admit(b, q.rx.recv().ok()?, depth),
     };
     let deadline = Instant::now() + cfg.max_wait;
     let mut last_arrival = Instant::now();
     let mut batch: Vec<Pending> = Vec::new();
     let (mut items, mut tokens) = (0usize, 0usize);
-    let mut next = Some(first);
-    while let Some(job) = next.take() {
-        if job.reply.is_closed() {
-            depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
-        } else {
-            match tokenize(b, &job) {
-                Err(e) => {
-                    depth.fetch_sub(job.texts.len(), Ordering::Relaxed);
-                    let _ = job.reply.send(Err(e));
-                }
-                Ok(enc) => {
-                    let t: usize = enc.iter().map(|e| e.ids.len()).sum();
-                    if !batch.is_empty()
-                        && (items + enc.len() > share(cfg, depth) || tokens + t > cfg.max_tokens)
-                    {
-                        q.carry = Some(job);
-                        break;
-                    }
-                    items += enc.len();
-                    tokens += t;
-                    batch.push(Pending { job, encoded: enc });
-                }
+    loop {
+        if let Some(p) = next.take() {
+            let t: usize = p.encoded.iter().map(|e| e.ids.len()).sum();
+            let n = p.encoded.len();
+            if !batch.is_empty() && (items + n > share(cfg, depth) || tokens + t > cfg.max_tokens) {
+                q.carry = Some(p);
+                break;
             }
+            items += n;
+            tokens += t;
+            batch.push(p);
         }
         if items >= share(cfg, depth) || tokens >= cfg.max_tokens {
             break;
         }
         let now = Instant::now();
         let until = deadline.min(last_arrival + cfg.max_gap);
-        next = if now >= until {
+        let job = if now >= until {
             q.rx.try_recv().ok()
         } else {
             q.rx.recv_timeout(until - now).ok()
         };
-        if next.is_some() {
-            last_arrival = Instant::now();
-        }
+        let Some(job) = job else {
+            break;
+        };
+        last_arrival = Instant::now();
+        next = admit(b, job, depth);
     }
     Some((batch, items, tokens))
 }

@@ -136,7 +136,7 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
             max_gap: Duration::from_micros(a.batch_gap_us.min(a.max_wait_us)),
             forward_batch: 32,
             workers: match a.inference_workers {
-                0 if backbone.bert().device().is_cpu() => rayon::current_num_threads().max(1),
+                0 if backbone.bert().device().is_cpu() => BatchConfig::default().workers,
                 0 => 1,
                 n => n,
             },
