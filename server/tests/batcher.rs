@@ -9,7 +9,7 @@ use aside_adapters::testing::{random_adapter, test_metas};
 use aside_adapters::{Adapter, Dims};
 use aside_backbone::pooling::cosine;
 use aside_backbone::{Backbone, EncodeOptions, Hooks, Input, Item, LoadOptions};
-use aside_server::app::batcher::{BatchConfig, BatchObserver, Batcher, Text};
+use aside_server::core::batcher::{BatchConfig, BatchObserver, Batcher, Text};
 
 struct Sizes(Mutex<Vec<usize>>);
 

@@ -174,9 +174,9 @@ async fn every_rpc_round_trips() {
             adapter: "task-a".into(),
             metric: "cosine".into(),
             hnsw: Some(pb::Hnsw {
-                m: 8,
-                ef_construction: 64,
-                ef: 32,
+                m: Some(8),
+                ef_construction: Some(64),
+                ef: Some(32),
             }),
         })
         .await
@@ -221,10 +221,9 @@ async fn every_rpc_round_trips() {
         .search(pb::SearchRequest {
             collection: "docs".into(),
             query: "the cell".into(),
-            k: 3,
-            ef: 0,
+            k: Some(3),
             filter: Some(json_to_struct(&json!({"year": {"in": [2020, 2022]}}))),
-            rerank: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -238,14 +237,13 @@ async fn every_rpc_round_trips() {
         .search(pb::SearchRequest {
             collection: "docs".into(),
             query: "the cell".into(),
-            k: 2,
-            ef: 0,
-            filter: None,
+            k: Some(2),
             rerank: Some(pb::RerankSpec {
                 adapter: "judge".into(),
-                candidates: 3,
-                fuse: 0.0,
+                candidates: Some(3),
+                fuse: None,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -458,10 +456,8 @@ async fn bad_requests_get_mapped_status_codes() {
             pb::SearchRequest {
                 collection: "c".into(),
                 query: "x".into(),
-                k: 0,
-                ef: 0,
                 filter: Some(json_to_struct(&json!({"year": {"between": [1, 2]}}))),
-                rerank: None,
+                ..Default::default()
             },
         ))
         .await
@@ -473,14 +469,12 @@ async fn bad_requests_get_mapped_status_codes() {
             pb::SearchRequest {
                 collection: "c".into(),
                 query: "x".into(),
-                k: 1,
-                ef: 0,
-                filter: None,
+                k: Some(1),
                 rerank: Some(pb::RerankSpec {
                     adapter: "missing".into(),
-                    candidates: 0,
-                    fuse: 0.0,
+                    ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await

@@ -278,7 +278,7 @@ async fn router_answers_without_a_socket() {
         unreachable!()
     };
     let state = aside_server::cli::serve::build_state(&args).unwrap();
-    let app = aside_server::app::router(state);
+    let app = aside_server::http::router(state);
     let req = |m: &str, p: &str, b: &str| {
         axum::http::Request::builder()
             .method(m)

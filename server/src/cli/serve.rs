@@ -11,9 +11,9 @@ use aside_backbone::{Backbone, LoadOptions};
 use aside_index::Index;
 use clap::Args;
 
-use crate::app::batcher::{BatchConfig, Batcher};
-use crate::app::metrics::Metrics;
-use crate::app::{AppState, ServeConfig};
+use crate::core::batcher::{BatchConfig, Batcher};
+use crate::core::{Core, Limits, Shared};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -98,7 +98,7 @@ pub struct ServeArgs {
 }
 
 /// Everything `serve` builds before listening (tests build the same).
-pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
+pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     let t0 = Instant::now();
     let backbone = Arc::new(
         Backbone::load(
@@ -144,7 +144,7 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         },
         metrics.clone(),
     );
-    let cfg = ServeConfig {
+    let cfg = Limits {
         max_length: a.max_length,
         reject_long_inputs: a.reject_long_inputs,
         max_inputs: a.max_inputs,
@@ -166,21 +166,16 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         seconds = t0.elapsed().as_secs_f64(),
         "loaded"
     );
-    Ok(Arc::new(AppState {
+    Ok(Core::new(
         backbone,
-        registry: Arc::new(registry),
-        index: Arc::new(index),
+        Arc::new(registry),
+        Arc::new(index),
         batcher,
         metrics,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_in_flight)),
         cfg,
-        reembeds: Default::default(),
-        started: Instant::now(),
-    }))
+    ))
 }
 
-/// Re-embeds collections left behind their adapter's current version (an upload
-/// that came before a restart).
 /// `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
     match s {
@@ -190,14 +185,6 @@ pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
             Some(n) => Ok(candle_core::Device::new_cuda(n)?),
             None => anyhow::bail!("--device: expected cpu, cuda or cuda:N, got `{s}`"),
         },
-    }
-}
-
-pub fn resume_reembeds(state: &Arc<AppState>) {
-    for c in state.index.list() {
-        if let Some(adapter) = c.config().space.adapter {
-            crate::app::collections::start_reembeds(state, &adapter);
-        }
     }
 }
 
@@ -235,14 +222,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        resume_reembeds(&state);
+        state.resume_reembeds();
         let addr: SocketAddr = format!("{}:{}", a.host, a.port)
             .parse()
             .with_context(|| format!("invalid address {}:{}", a.host, a.port))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        let router = crate::app::router(state.clone());
+        let router = crate::http::router(state.clone());
         // One shutdown signal for both transports.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -262,9 +249,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {gaddr} for gRPC"))?;
             tracing::info!("grpc listening on {}", gl.local_addr()?);
-            let core = crate::grpc::Core::new(router.clone(), a.adapter_body_limit);
             Some(tokio::spawn(crate::grpc::serve(
-                core,
+                state.clone(),
                 gl,
                 stopped(stop_rx.clone()),
             )))

@@ -49,7 +49,7 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
+    requests: BTreeMap<(String, String, String), u64>,
     latency: BTreeMap<(String, String), Histogram>,
     batch_items: Histogram,
     batch_tokens: u64,
@@ -62,10 +62,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, route: &str, adapter: &str, status: u16, seconds: f64) {
+    pub fn request(&self, route: &str, adapter: &str, status: &str, seconds: f64) {
         let mut m = self.inner.lock();
         *m.requests
-            .entry((route.to_owned(), adapter.to_owned(), status))
+            .entry((route.to_owned(), adapter.to_owned(), status.to_owned()))
             .or_default() += 1;
         m.latency
             .entry((route.to_owned(), adapter.to_owned()))
@@ -119,7 +119,7 @@ impl Metrics {
     }
 }
 
-impl crate::app::batcher::BatchObserver for Metrics {
+impl crate::core::batcher::BatchObserver for Metrics {
     fn batch(&self, items: usize, tokens: usize, seconds: f64) {
         let mut m = self.inner.lock();
         m.batch_items.observe(&SIZE_BUCKETS, items as f64);

@@ -1,0 +1,307 @@
+//! Collections: create, describe, list, delete; documents (embedded with the
+//! collection's pinned adapter version, durable on return); search with a filter,
+//! a threshold, exact scoring and optional re-ranking.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aside_adapters::{Adapter, Task};
+use aside_index::{Collection, CollectionConfig, Doc, Filter, HnswParams, Space};
+
+use super::batcher::Text;
+use super::types::{
+    CollectionInfo, CollectionList, CollectionStatus, CreateCollectionRequest, Deleted, Document,
+    Hit, Hnsw, Reembed, SearchRequest, SearchResponse, Timings, UpsertRequest, UpsertResponse,
+};
+use super::{blocking, Core, Error, Result};
+
+/// Largest `k` and rerank candidate count.
+pub const MAX_K: usize = 1000;
+
+/// `reembedding` while a job still has a version to switch to, else `ready`.
+fn status(cfg: &CollectionConfig, job: Option<&Reembed>) -> CollectionStatus {
+    match job {
+        Some(j)
+            if j.error.is_none()
+                && cfg.space.adapter_version.as_deref() != Some(j.target_version.as_str()) =>
+        {
+            CollectionStatus::Reembedding
+        }
+        _ => CollectionStatus::Ready,
+    }
+}
+
+impl Core {
+    /// The adapter version a collection's vectors were made with, pinned.
+    pub(crate) fn pinned(&self, space: &Space) -> Result<Option<Arc<Adapter>>> {
+        match (&space.adapter, &space.adapter_version) {
+            (Some(n), Some(v)) => Ok(Some(self.registry.get_version(n, v)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn describe(&self, c: &Collection) -> CollectionInfo {
+        let cfg = c.config();
+        let st = c.stats();
+        let job = self.reembed_job(&cfg.name);
+        CollectionInfo {
+            status: status(&cfg, job.as_ref()),
+            reembed: job,
+            name: cfg.name,
+            adapter: cfg.space.adapter,
+            adapter_version: cfg.space.adapter_version,
+            backbone: cfg.space.backbone,
+            dim: cfg.dim,
+            metric: cfg.metric.into(),
+            hnsw: Hnsw {
+                m: cfg.hnsw.m,
+                ef_construction: cfg.hnsw.ef_construction,
+                ef: cfg.hnsw.ef,
+            },
+            count: st.count,
+            tombstones: st.tombstones,
+            unindexed: st.unindexed,
+        }
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        Ok(self.index.get(name)?)
+    }
+
+    pub async fn create_collection(
+        &self,
+        name: &str,
+        r: CreateCollectionRequest,
+    ) -> Result<CollectionInfo> {
+        let (adapter, version) = match &r.adapter {
+            Some(n) => (
+                Some(n.clone()),
+                Some(self.adapter_for(n, Task::Retrieval)?.0.version),
+            ),
+            None => (None, None),
+        };
+        let d = HnswParams::default();
+        let h = r.hnsw.unwrap_or_default();
+        let config = CollectionConfig {
+            name: name.to_owned(),
+            dim: self.backbone.hidden_size(),
+            metric: r.metric.unwrap_or_default().into(),
+            hnsw: HnswParams {
+                m: h.m.unwrap_or(d.m),
+                ef_construction: h.ef_construction.unwrap_or(d.ef_construction),
+                ef: h.ef.unwrap_or(d.ef),
+            },
+            space: Space {
+                backbone: self.backbone.sha256().to_owned(),
+                adapter,
+                adapter_version: version,
+            },
+        };
+        let index = self.index.clone();
+        let c = blocking(move || Ok(index.create(config)?)).await?;
+        Ok(self.describe(&c))
+    }
+
+    pub fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
+        let c = self.collection(name)?;
+        Ok(self.describe(&c))
+    }
+
+    pub fn list_collections(&self) -> CollectionList {
+        CollectionList {
+            collections: self.index.list().iter().map(|c| self.describe(c)).collect(),
+        }
+    }
+
+    fn not_reembedding(&self, name: &str) -> Result<()> {
+        let cfg = self.collection(name)?.config();
+        if let Some(j) = self.reembed_job(name) {
+            if status(&cfg, Some(&j)) == CollectionStatus::Reembedding {
+                return Err(Error::conflict(format!(
+                    "collection `{name}` is being re-embedded with adapter version {} ({}/{} done); retry when its status is ready",
+                    j.target_version, j.done, j.total
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn delete_collection(&self, name: &str) -> Result<Deleted> {
+        self.not_reembedding(name)?;
+        let index = self.index.clone();
+        let n = name.to_owned();
+        blocking(move || Ok(index.delete(&n)?)).await?;
+        Ok(Deleted {
+            deleted: name.to_owned(),
+        })
+    }
+
+    /// Embeds and writes documents; they are durable when this returns.
+    pub async fn upsert(&self, name: &str, r: UpsertRequest) -> Result<UpsertResponse> {
+        let c = self.collection(name)?;
+        self.not_reembedding(name)?;
+        if r.documents.is_empty() {
+            return Err(Error::invalid("documents", "must not be empty"));
+        }
+        let mut seen = HashSet::new();
+        for d in &r.documents {
+            if !seen.insert(d.id.as_str()) {
+                return Err(Error::invalid(
+                    "documents",
+                    format!("document id `{}` appears more than once", d.id),
+                ));
+            }
+            if d.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+                return Err(Error::invalid(
+                    "documents",
+                    format!("document `{}`: metadata must be an object", d.id),
+                ));
+            }
+        }
+        let adapter = self.pinned(&c.config().space)?;
+        let texts = r
+            .documents
+            .iter()
+            .map(|d| Text::Single(d.text.clone()))
+            .collect();
+        let vectors = self.embed_texts(texts, adapter).await?;
+        let docs: Vec<Doc> = r
+            .documents
+            .into_iter()
+            .zip(vectors)
+            .map(|(d, vector)| Doc {
+                id: d.id,
+                vector,
+                text: d.text,
+                metadata: d.metadata.unwrap_or_else(|| serde_json::json!({})),
+            })
+            .collect();
+        let upserted = blocking(move || Ok(c.upsert(docs)?)).await?;
+        Ok(UpsertResponse { upserted })
+    }
+
+    pub fn get_document(&self, name: &str, id: &str) -> Result<Document> {
+        let d = self
+            .collection(name)?
+            .get(id)
+            .ok_or_else(|| Error::no_document(name, id))?;
+        Ok(Document {
+            id: d.id,
+            text: d.text,
+            metadata: d.metadata,
+        })
+    }
+
+    pub async fn delete_document(&self, name: &str, id: &str) -> Result<Deleted> {
+        let c = self.collection(name)?;
+        self.not_reembedding(name)?;
+        let i = id.to_owned();
+        let n = blocking(move || Ok(c.delete(&[i])?)).await?;
+        if n == 0 {
+            return Err(Error::no_document(name, id));
+        }
+        Ok(Deleted {
+            deleted: id.to_owned(),
+        })
+    }
+
+    /// Embeds the query with the collection's adapter version, searches, and
+    /// optionally re-ranks the candidates.
+    pub async fn search(&self, name: &str, r: SearchRequest) -> Result<SearchResponse> {
+        let c = self.collection(name)?;
+        let k = r.k.unwrap_or(10);
+        if k == 0 || k > MAX_K {
+            return Err(Error::invalid(
+                "k",
+                format!("{k} is out of range 1..={MAX_K}"),
+            ));
+        }
+        let filter = r.filter.as_ref().map(Filter::parse).transpose()?;
+        let reranker = match &r.rerank {
+            Some(spec) => Some(self.adapter_for(&spec.adapter, Task::Rerank)?),
+            None => None,
+        };
+        let candidates = r
+            .rerank
+            .as_ref()
+            .map_or(k, |x| x.candidates.unwrap_or(100).max(k));
+        if candidates > MAX_K {
+            return Err(Error::invalid(
+                "rerank.candidates",
+                format!("{candidates} is out of range 1..={MAX_K}"),
+            ));
+        }
+        let fuse = r.rerank.as_ref().and_then(|x| x.fuse).unwrap_or(0.0);
+        if !fuse.is_finite() || fuse < 0.0 {
+            return Err(Error::invalid(
+                "rerank.fuse",
+                format!("{fuse} must be a finite number >= 0"),
+            ));
+        }
+        if let Some(t) = r.threshold.filter(|t| !t.is_finite()) {
+            return Err(Error::invalid(
+                "threshold",
+                format!("{t} is not a finite number"),
+            ));
+        }
+        // The query is embedded with exactly the version the collection's vectors use.
+        let cfg = c.config();
+        let adapter = self.pinned(&cfg.space)?;
+        let t0 = Instant::now();
+        let q = self
+            .embed_texts(vec![Text::Single(r.query.clone())], adapter)
+            .await?
+            .remove(0);
+        let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let (ef, threshold, exact) = (r.ef, r.threshold, r.exact.unwrap_or(false));
+        let found = blocking(move || {
+            Ok(c.search(&aside_index::SearchRequest {
+                vector: &q,
+                k: candidates,
+                ef,
+                filter: filter.as_ref(),
+                threshold,
+                exact,
+            })?)
+        })
+        .await?;
+        let search_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let mut hits: Vec<Hit> = found
+            .into_iter()
+            .map(|h| Hit {
+                id: h.id,
+                score: h.score,
+                text: h.text,
+                metadata: h.metadata,
+            })
+            .collect();
+        let mut rerank_ms = None;
+        if let Some((_, a)) = reranker {
+            let t2 = Instant::now();
+            let texts: Vec<String> = hits.iter().map(|h| h.text.clone()).collect();
+            let scores = self.score_pairs(a, &r.query, &texts).await?;
+            for (h, sc) in hits.iter_mut().zip(scores) {
+                h.score = sc + fuse * h.score;
+            }
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+            rerank_ms = Some(t2.elapsed().as_secs_f64() * 1e3);
+        }
+        hits.truncate(k);
+        Ok(SearchResponse {
+            hits,
+            adapter_version: cfg.space.adapter_version,
+            timings: Timings {
+                embed_ms,
+                search_ms,
+                rerank_ms,
+            },
+        })
+    }
+
+    /// The adapter a collection's vectors use (for metrics labels).
+    pub fn collection_adapter(&self, name: &str) -> Option<String> {
+        self.index.get(name).ok()?.config().space.adapter
+    }
+}

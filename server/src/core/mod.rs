@@ -1,0 +1,197 @@
+//! The core service: every operation of the server as a typed method, with no
+//! transport type in it. HTTP (`crate::http`) and gRPC (`crate::grpc`) decode a
+//! request, call one method here, and encode its answer or [`Error`].
+//!
+//! A request's path: transport → core (validation, the adapter version to use) →
+//! the batcher (the only place inference runs; adapters and backbone) and the
+//! index (collections).
+
+pub mod adapters;
+pub mod batcher;
+pub mod collections;
+pub mod error;
+pub mod inference;
+mod reembed;
+pub mod types;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aside_adapters::{Adapter, AdapterInfo as StoredInfo, Registry, Task};
+use aside_backbone::Backbone;
+use aside_index::Index;
+use parking_lot::Mutex;
+
+use self::batcher::{Batcher, Text};
+pub use self::error::{Error, Result};
+use self::types::{Info, Reembed};
+use crate::metrics::Metrics;
+
+/// Limits and keys of a running server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Tokens per input (special tokens included).
+    pub max_length: usize,
+    /// Refuse longer inputs (413) instead of truncating them.
+    pub reject_long_inputs: bool,
+    pub max_inputs: usize,
+    pub body_limit: usize,
+    pub adapter_body_limit: usize,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    pub admin_key: Option<String>,
+    pub read_key: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_length: aside_backbone::DEFAULT_MAX_LENGTH,
+            reject_long_inputs: false,
+            max_inputs: 256,
+            body_limit: 2 << 20,
+            adapter_body_limit: 256 << 20,
+            max_in_flight: 512,
+            request_timeout: Duration::from_secs(120),
+            admin_key: None,
+            read_key: None,
+        }
+    }
+}
+
+/// Everything a running server holds: one backbone, the adapter registry, the
+/// collections, the batching queue.
+pub struct Core {
+    pub backbone: Arc<Backbone>,
+    pub registry: Arc<Registry>,
+    pub index: Arc<Index>,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Requests in flight, over both transports (429 beyond the limit).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    reembeds: Mutex<HashMap<String, Reembed>>,
+    started: Instant,
+}
+
+pub type Shared = Arc<Core>;
+
+impl Core {
+    pub fn new(
+        backbone: Arc<Backbone>,
+        registry: Arc<Registry>,
+        index: Arc<Index>,
+        batcher: Batcher,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Shared {
+        Arc::new(Core {
+            backbone,
+            registry,
+            index,
+            batcher,
+            metrics,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
+            limits,
+            reembeds: Mutex::default(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Model and server facts.
+    pub fn info(&self) -> Info {
+        let c = self.backbone.config();
+        Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            model: self.backbone.files().dir.display().to_string(),
+            backbone_sha256: self.backbone.sha256().to_owned(),
+            precision: self.backbone.bert().precision().name().to_owned(),
+            hidden_size: c.hidden_size,
+            layers: c.num_hidden_layers,
+            backbone_params: self.backbone.bert().parameter_count(),
+            pooling: self.backbone.pooling().pooling.to_string(),
+            normalize: self.backbone.pooling().normalize,
+            max_length: self.limits.max_length,
+            max_inputs: self.limits.max_inputs,
+            adapters: self.registry.list().len(),
+            collections: self.index.list().len(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// The Prometheus text of the metrics.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .render(self.batcher.depth(), &self.registry.stats())
+    }
+
+    /// Embeds texts through the batcher with an adapter (or the bare backbone).
+    pub(crate) async fn embed_texts(
+        &self,
+        texts: Vec<Text>,
+        adapter: Option<Arc<Adapter>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check_lengths(&texts)?;
+        let pooling = match &adapter {
+            Some(a) => a.pooling(self.backbone.pooling()),
+            None => self.backbone.pooling(),
+        };
+        self.batcher
+            .submit(texts, adapter, pooling, self.limits.max_length)
+            .await
+            .map_err(Error::Internal)
+    }
+
+    fn check_lengths(&self, texts: &[Text]) -> Result<()> {
+        if texts.len() > self.limits.max_inputs {
+            return Err(Error::too_large(format!(
+                "{} inputs in one request; the limit is {}",
+                texts.len(),
+                self.limits.max_inputs
+            )));
+        }
+        if !self.limits.reject_long_inputs {
+            return Ok(());
+        }
+        let inputs: Vec<aside_backbone::Input<'_>> = texts
+            .iter()
+            .map(|t| match t {
+                Text::Single(a) => aside_backbone::Input::Single(a),
+                Text::Pair(a, b) => aside_backbone::Input::Pair(a, b),
+            })
+            .collect();
+        let limit = self.limits.max_length;
+        let enc = self.backbone.tokens().encode(&inputs, 100_000)?;
+        if let Some((i, e)) = enc.iter().enumerate().find(|(_, e)| e.ids.len() > limit) {
+            return Err(Error::too_large(format!(
+                "input {i} has {} tokens; the limit is {limit}",
+                e.ids.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The current version of a named adapter, checked for the task the operation
+    /// needs.
+    pub fn adapter_for(&self, name: &str, task: Task) -> Result<(StoredInfo, Arc<Adapter>)> {
+        let (info, a) = self.registry.get(name)?;
+        if a.task() != task {
+            return Err(Error::WrongTask {
+                adapter: name.to_owned(),
+                has: a.task().to_string(),
+                needs: task.to_string(),
+            });
+        }
+        Ok((info, a))
+    }
+}
+
+/// Runs blocking work (fsync, index writes, adapter parsing) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}

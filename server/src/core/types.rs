@@ -1,0 +1,402 @@
+//! The typed requests and responses of every core operation. The HTTP API reads
+//! and writes exactly these shapes as JSON (so the OpenAPI document is generated
+//! from them), and the gRPC API converts its messages to and from them. A request
+//! type refuses unknown fields; an absent optional field means its default.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+// ---------------------------------------------------------------- inference
+
+/// Texts to embed, with an adapter or the bare backbone.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    /// The texts (at least one; at most the server's `max_inputs`).
+    pub inputs: Vec<String>,
+    /// A retrieval adapter's name; absent: the bare backbone.
+    #[serde(default)]
+    pub adapter: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EmbedResponse {
+    /// One vector per input, in input order.
+    pub embeddings: Vec<Vec<f32>>,
+    /// The adapter version that made them (absent for the bare backbone).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub adapter_version: Option<String>,
+}
+
+/// Texts to score against a query with a rerank adapter.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerankRequest {
+    pub query: String,
+    pub texts: Vec<String>,
+    /// A rerank adapter's name.
+    pub adapter: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RerankResult {
+    /// The text's position in the request.
+    pub index: usize,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RerankResponse {
+    /// Best first (ties by index).
+    pub results: Vec<RerankResult>,
+    pub adapter_version: String,
+}
+
+// ---------------------------------------------------------------- collections
+
+/// How similar two vectors are; scores are "higher is better".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity (vectors are L2-normalised).
+    #[default]
+    Cosine,
+    /// Dot product.
+    Dot,
+    /// Minus the Euclidean distance.
+    L2,
+}
+
+impl From<Metric> for aside_index::Metric {
+    fn from(m: Metric) -> Self {
+        match m {
+            Metric::Cosine => aside_index::Metric::Cosine,
+            Metric::Dot => aside_index::Metric::Dot,
+            Metric::L2 => aside_index::Metric::L2,
+        }
+    }
+}
+
+impl From<aside_index::Metric> for Metric {
+    fn from(m: aside_index::Metric) -> Self {
+        match m {
+            aside_index::Metric::Cosine => Metric::Cosine,
+            aside_index::Metric::Dot => Metric::Dot,
+            aside_index::Metric::L2 => Metric::L2,
+        }
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<aside_index::Metric>().map(Metric::from)
+    }
+}
+
+/// HNSW settings; an absent field takes its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HnswSpec {
+    /// Links per node (2..=256; default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<usize>,
+    /// Candidates while building (1..=4096; default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_construction: Option<usize>,
+    /// Candidates while searching (1..=4096; default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef: Option<usize>,
+}
+
+/// The HNSW settings a collection runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct Hnsw {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef: usize,
+}
+
+/// A new collection's settings (the body may be empty: the bare backbone, cosine,
+/// default HNSW settings).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCollectionRequest {
+    /// The retrieval adapter whose vectors the collection holds; absent: the bare
+    /// backbone.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    #[serde(default)]
+    pub hnsw: Option<HnswSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectionStatus {
+    Ready,
+    /// A new adapter version is being applied; document writes answer 409 meanwhile.
+    Reembedding,
+}
+
+/// Progress of a collection's background re-embedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Reembed {
+    pub target_version: String,
+    pub done: usize,
+    pub total: usize,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub adapter: Option<String>,
+    pub adapter_version: Option<String>,
+    /// sha256 of the backbone the vectors were made with.
+    pub backbone: String,
+    pub dim: usize,
+    pub metric: Metric,
+    pub hnsw: Hnsw,
+    /// Live documents.
+    pub count: usize,
+    pub tombstones: usize,
+    /// Documents not yet in the graph (searched exactly meanwhile).
+    pub unindexed: usize,
+    pub status: CollectionStatus,
+    pub reembed: Option<Reembed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDocument {
+    /// 1-512 bytes; an existing id is replaced.
+    pub id: String,
+    pub text: String,
+    /// A JSON object (filters match its fields).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertRequest {
+    pub documents: Vec<NewDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UpsertResponse {
+    /// Documents written (durable when this answer is sent).
+    pub upserted: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+/// Re-ranking of a search's candidates with a rerank adapter.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerankSpec {
+    /// A rerank adapter's name.
+    pub adapter: String,
+    /// Candidates retrieved and re-ranked (k..=1000; default 100).
+    #[serde(default)]
+    pub candidates: Option<usize>,
+    /// Score = head + fuse × the retrieval score (>= 0; default 0: the head alone).
+    #[serde(default)]
+    pub fuse: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub query: String,
+    /// Hits returned (1..=1000; default 10).
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// Graph candidates while searching (default: the collection's).
+    #[serde(default)]
+    pub ef: Option<usize>,
+    /// Over metadata fields: `{"lang": "en"}`, `{"year": {"in": [2020, 2021]}}`,
+    /// `{"and": [...]}`, `{"or": [...]}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Hits scoring below this are left out.
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// Score every document instead of walking the graph.
+    #[serde(default)]
+    pub exact: Option<bool>,
+    #[serde(default)]
+    pub rerank: Option<RerankSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    pub text: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Timings {
+    pub embed_ms: f64,
+    pub search_ms: f64,
+    pub rerank_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearchResponse {
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// The adapter version the query was embedded with (the collection's).
+    pub adapter_version: Option<String>,
+    pub timings: Timings,
+}
+
+// ---------------------------------------------------------------- adapters
+
+/// One version of an adapter, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// sha256 of the stored file.
+    pub version: String,
+    /// iaa-l, iaa-b, houlsby, lora, bitfit, ...
+    pub kind: String,
+    /// retrieval or rerank.
+    pub task: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub r: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ar: Option<usize>,
+    pub activation: String,
+    pub params: usize,
+    /// Parameters as a percentage of the backbone's.
+    pub params_percent: f64,
+    pub size_bytes: u64,
+}
+
+impl From<aside_adapters::AdapterInfo> for AdapterInfo {
+    fn from(i: aside_adapters::AdapterInfo) -> Self {
+        AdapterInfo {
+            name: i.name,
+            version: i.version,
+            kind: i.kind,
+            task: i.task,
+            r: i.r,
+            ar: i.ar,
+            activation: i.activation,
+            params: i.params,
+            params_percent: i.params_percent,
+            size_bytes: i.size_bytes,
+        }
+    }
+}
+
+/// An adapter's current version and every stored version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdapterDetails {
+    #[serde(flatten)]
+    pub current: AdapterInfo,
+    pub versions: Vec<String>,
+}
+
+/// Counters of the resident-adapter cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub loads: u64,
+    pub evictions: u64,
+    pub resident: usize,
+    pub resident_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdapterList {
+    pub adapters: Vec<AdapterInfo>,
+    pub cache: CacheStats,
+}
+
+/// What an upload did: a new current version, or identical bytes (unchanged).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutAdapterResponse {
+    pub info: AdapterInfo,
+    pub created: bool,
+}
+
+/// An adapter upload: the native file, or a PEFT folder's two files.
+#[derive(Debug, Clone)]
+pub enum AdapterUpload {
+    Native(Vec<u8>),
+    Peft { config: Vec<u8>, weights: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdapterDeleted {
+    pub deleted: String,
+    pub version: String,
+}
+
+// ---------------------------------------------------------------- server
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    /// The name or id deleted.
+    pub deleted: String,
+}
+
+/// Model and server facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    pub version: String,
+    /// The model folder.
+    pub model: String,
+    pub backbone_sha256: String,
+    /// f32, int8 or int8-fast.
+    pub precision: String,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub backbone_params: usize,
+    pub pooling: String,
+    pub normalize: bool,
+    pub max_length: usize,
+    pub max_inputs: usize,
+    pub adapters: usize,
+    pub collections: usize,
+    pub uptime_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// `ok` (liveness) or `ready`.
+    pub status: String,
+}
+
+/// Every error: a message that names the fault, and its kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// invalid_request, unauthorized, forbidden, not_found, method_not_allowed,
+    /// conflict, too_large, unprocessable, overloaded, timeout, internal.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
