@@ -2,13 +2,16 @@
 # The whole test suite, as CI runs it: fetch the default model (idempotent, verified),
 # then every test of the workspace in release mode (debug code is ~150x slower).
 # Tests that need the real model fail here rather than skip (ASIDE_REQUIRE_MODEL=1).
+# The Python clients some tests drive (a generic gRPC reflection client, the OpenAPI
+# validators) come from a pinned virtualenv at .venv/ (scripts/pyenv.sh).
 # Then the container image: built from docker/Dockerfile, run, and asked for /health
 # and one embedding (docker/smoke.sh; as root with no image registry, the base images
 # are made locally). ASIDE_SKIP_IMAGE=1, or a test filter, skips it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-model.sh
-export ASIDE_REQUIRE_MODEL=1
+ASIDE_PYTHON="$(scripts/pyenv.sh | tail -n1)"
+export ASIDE_PYTHON ASIDE_REQUIRE_MODEL=1
 cargo test --release --workspace --no-fail-fast "$@"
 
 if [[ ${ASIDE_SKIP_IMAGE:-0} == 1 || $# -gt 0 ]]; then

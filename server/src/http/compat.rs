@@ -13,9 +13,17 @@ use crate::core::types::{EmbedRequest, ErrorBody, RerankRequest};
 use crate::core::{Error, Shared};
 
 /// A string or a list of strings, with a message that says so otherwise.
-#[derive(Debug, Clone, ToSchema)]
-#[schema(value_type = Vec<String>)]
+#[derive(Debug, Clone)]
 pub struct OneOrMany(pub Vec<String>);
+
+/// A string or a list of strings (the schema of [`OneOrMany`]).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
 
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -36,8 +44,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 /// TEI's embed request.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TeiEmbed {
-    /// A string or a list of strings.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = StringOrList)]
     inputs: OneOrMany,
     /// Extension: a retrieval adapter's name.
     #[serde(default)]
@@ -125,8 +132,7 @@ pub async fn tei_rerank(
 /// OpenAI's embeddings request.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OpenAiEmbeddings {
-    /// A string or a list of strings.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = StringOrList)]
     input: OneOrMany,
     /// A retrieval adapter's name; empty or `base` for the bare backbone.
     #[serde(default)]

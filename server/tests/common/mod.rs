@@ -207,3 +207,41 @@ pub fn scifact() -> Option<std::path::PathBuf> {
     eprintln!("SKIPPED: {msg}");
     None
 }
+
+/// The test virtualenv's Python (`ASIDE_PYTHON`, or `.venv/` made by
+/// `scripts/pyenv.sh`); `None` with a SKIPPED line when absent, a panic under
+/// `ASIDE_REQUIRE_MODEL=1` (as `scripts/test.sh` runs the suite).
+pub fn python() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("ASIDE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").into());
+    if p.is_file() {
+        return Some(p);
+    }
+    let msg = format!(
+        "the test Python is not at {} (run scripts/pyenv.sh or set ASIDE_PYTHON)",
+        p.display()
+    );
+    if std::env::var("ASIDE_REQUIRE_MODEL").as_deref() == Ok("1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// Runs one of `tests/py/*.py` with the test Python; its stdout, or a panic with
+/// its stderr.
+pub fn run_python(python: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/").to_owned() + script)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
