@@ -55,6 +55,21 @@ pub enum AdapterError {
 
 pub type Result<T, E = AdapterError> = std::result::Result<T, E>;
 
+impl From<aside_common::BadName> for AdapterError {
+    fn from(e: aside_common::BadName) -> Self {
+        AdapterError::BadName(e.0)
+    }
+}
+
+impl From<aside_common::IoAt> for AdapterError {
+    fn from(e: aside_common::IoAt) -> Self {
+        AdapterError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AdapterError + '_ {
     move |source| AdapterError::Io {
         path: path.to_owned(),

@@ -11,7 +11,6 @@
 //! `Arc<Adapter>` once and keeps it: a swap never changes a request in flight.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -130,17 +129,7 @@ impl std::fmt::Debug for Registry {
 
 /// Checks an adapter name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(AdapterError::BadName(name.to_owned()))
-    }
+    Ok(aside_common::check_name(name)?)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -149,23 +138,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("path has a parent");
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().expect("file name").to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(dir)
+    Ok(aside_common::write_atomic(path, bytes)?)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    Ok(aside_common::sync_dir(dir)?)
 }
 
 impl Registry {
@@ -303,10 +280,6 @@ impl Registry {
 
     pub fn dims(&self) -> &Dims {
         &self.dims
-    }
-
-    pub fn options(&self) -> &RegistryOptions {
-        &self.opts
     }
 
     /// Validates a native adapter file completely, without storing it.

@@ -475,16 +475,6 @@ impl Collection {
         &self.warnings
     }
 
-    /// Records a new embedding space (after the vectors were all replaced).
-    pub fn set_space(&self, space: Space) -> Result<()> {
-        let _w = self.writer.lock();
-        let mut cfg = self.config.read().clone();
-        cfg.space = space;
-        write_manifest(&self.dir, &cfg)?;
-        *self.config.write() = cfg;
-        Ok(())
-    }
-
     fn check_vector(&self, id: &str, v: &mut [f32]) -> Result<()> {
         let cfg = self.config.read();
         if v.len() != cfg.dim {

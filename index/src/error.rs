@@ -44,6 +44,21 @@ pub enum IndexError {
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
 
+impl From<aside_common::BadName> for IndexError {
+    fn from(e: aside_common::BadName) -> Self {
+        IndexError::BadName(e.0)
+    }
+}
+
+impl From<aside_common::IoAt> for IndexError {
+    fn from(e: aside_common::IoAt) -> Self {
+        IndexError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
     move |source| IndexError::Io {
         path: path.to_owned(),

@@ -32,7 +32,6 @@ mod snapshot;
 mod wal;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,37 +50,16 @@ use error::io_err;
 
 /// Checks a collection name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(IndexError::BadName(name.to_owned()))
-    }
+    Ok(aside_common::check_name(name)?)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    Ok(aside_common::sync_dir(dir)?)
 }
 
 /// Temp file, fsync, rename, directory fsync.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("has a parent");
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().expect("name").to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(dir)
+    Ok(aside_common::write_atomic(path, bytes)?)
 }
 
 /// All collections under one directory.

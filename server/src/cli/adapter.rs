@@ -31,8 +31,8 @@ pub struct InitArgs {
     pub seed: u64,
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 /// The sizes and options of a new adapter.
@@ -59,9 +59,8 @@ pub struct ShapeArgs {
 pub struct InspectArgs {
     /// A native `.safetensors` adapter, or a PEFT folder.
     pub file: PathBuf,
-    /// Model folder the adapter is checked against.
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -75,9 +74,8 @@ pub struct ConvertArgs {
     /// Output native adapter file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    /// Model folder the adapter is checked against (its sha256 is recorded).
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 /// Loads an adapter for `backbone`: a native file, or a PEFT folder converted on the fly.
@@ -106,7 +104,7 @@ fn load_backbone(model: &Path) -> anyhow::Result<Backbone> {
 }
 
 fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&a.model)?;
+    let backbone = load_backbone(&a.model.dir)?;
     let adapter = load_adapter(&a.file, &backbone)?;
     let m = adapter.meta();
     let total = backbone.bert().parameter_count();
@@ -158,7 +156,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn convert(a: ConvertArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&a.model)?;
+    let backbone = load_backbone(&a.model.dir)?;
     let adapter = peft::convert_dir(&a.peft, &Dims::of(&backbone))
         .with_context(|| format!("PEFT adapter {}", a.peft.display()))?;
     let mut meta = adapter.meta().clone();
@@ -200,7 +198,7 @@ pub fn meta_from(
 }
 
 fn init(a: InitArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&a.model)?;
+    let backbone = load_backbone(&a.model.dir)?;
     let meta = meta_from(a.kind, a.task, &a.shape, &backbone)?;
     let dims = Dims::of(&backbone);
     let tensors = Adapter::init_tensors(

@@ -11,9 +11,8 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model folder.
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// BEIR folder with `corpus.jsonl`.
     #[arg(long)]
     pub data: PathBuf,
@@ -62,7 +61,7 @@ pub fn read_corpus(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<(Stri
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let backbone = Backbone::load(
-        &a.model,
+        &a.model.dir,
         &LoadOptions {
             precision: a.precision,
             ..Default::default()
@@ -106,7 +105,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.precision != aside_backbone::Precision::F32 && !last.is_empty() {
         drop(backbone);
-        let reference = Backbone::load(&a.model, &LoadOptions::default())?.embed(&texts, &opts)?;
+        let reference =
+            Backbone::load(&a.model.dir, &LoadOptions::default())?.embed(&texts, &opts)?;
         let cos: Vec<f64> = last
             .iter()
             .zip(&reference)

@@ -14,8 +14,8 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct BenchAdaptersArgs {
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// BEIR folder with `corpus.jsonl`.
     #[arg(long)]
     pub data: PathBuf,
@@ -54,7 +54,7 @@ fn time_encode(b: &Backbone, items: &[Item<'_>], opts: &EncodeOptions) -> anyhow
 }
 
 pub fn run(a: BenchAdaptersArgs) -> anyhow::Result<()> {
-    let b = Backbone::load(&a.model, &LoadOptions::default())?;
+    let b = Backbone::load(&a.model.dir, &LoadOptions::default())?;
     let docs = super::bench::read_corpus(&a.data.join("corpus.jsonl"), a.docs)?;
     let opts = EncodeOptions {
         max_length: a.max_length,

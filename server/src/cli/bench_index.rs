@@ -42,7 +42,7 @@ fn read_f32(path: &PathBuf, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
             b.len()
         );
     }
-    Ok(super::f32_rows(&b, dim))
+    Ok(aside_trainer::eval::cache::f32_rows(&b, dim))
 }
 
 pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {

@@ -13,9 +13,8 @@ use serde::Deserialize;
 
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
-    /// Model folder (config.json, tokenizer.json, model.safetensors).
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Adapter to apply: a native `.safetensors` file or a PEFT LoRA folder.
     #[arg(long, env = "ASIDE_ADAPTER")]
     pub adapter: Option<PathBuf>,
@@ -64,13 +63,13 @@ fn read_lines(input: impl BufRead) -> anyhow::Result<Vec<Line>> {
 pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     let lines = read_lines(std::io::stdin().lock())?;
     let backbone = Backbone::load(
-        &a.model,
+        &a.model.dir,
         &LoadOptions {
             precision: a.precision,
             ..Default::default()
         },
     )
-    .with_context(|| format!("loading model from {}", a.model.display()))?;
+    .with_context(|| format!("loading model from {}", a.model.dir.display()))?;
     let opts = EncodeOptions {
         max_length: a.max_length,
         batch_size: a.batch_size,

@@ -11,12 +11,16 @@ use aside_backbone::{Backbone, EncodeOptions, LoadOptions};
 use clap::Args;
 use rayon::prelude::*;
 
+use aside_trainer::eval::cache::{
+    corpus_cache_path, pair_key, read_embeddings, rerank_cache_path, write_embeddings, CacheKey,
+    ScoreCache,
+};
 use aside_trainer::eval::{encode_with_progress, evaluate, exact_top, rank, Beir};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Retrieval adapter (native file or PEFT folder).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -68,13 +72,13 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let b = Backbone::load(
-        &a.model,
+        &a.model.dir,
         &LoadOptions {
             precision: a.precision,
             ..Default::default()
         },
     )
-    .with_context(|| format!("loading model from {}", a.model.display()))?;
+    .with_context(|| format!("loading model from {}", a.model.dir.display()))?;
     let adapter = a
         .adapter
         .as_ref()
@@ -114,10 +118,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     );
     let doc_texts: Vec<&str> = data.corpus.iter().map(|(_, t)| t.as_str()).collect();
     let doc_ids: Vec<String> = data.corpus.iter().map(|(i, _)| i.clone()).collect();
+    let key = CacheKey {
+        dir: &a.cache_dir,
+        model_sha: b.sha256(),
+        max_length: a.max_length,
+        precision: a.precision,
+    };
     let cache = (!a.no_cache)
-        .then(|| corpus_cache_path(&a, &b, &data))
+        .then(|| corpus_cache_path(&key, a.adapter.as_deref(), &data))
         .transpose()?;
-    let docs = match cache.as_ref().and_then(|p| read_cache(p, doc_texts.len())) {
+    let docs = match cache
+        .as_ref()
+        .and_then(|p| read_embeddings(p, doc_texts.len()))
+    {
         Some(v) => {
             eprintln!(
                 "corpus embeddings: cached in {}",
@@ -129,7 +142,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             let v =
                 encode_with_progress(&b, adapter.as_ref(), &doc_texts, &opts, "encoding corpus")?;
             if let Some(p) = &cache {
-                write_cache(p, &v)?;
+                write_embeddings(p, &v)?;
             }
             v
         }
@@ -159,7 +172,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let total = data.queries.len();
         let mut scores = match a.no_cache {
             true => ScoreCache::default(),
-            false => ScoreCache::open(rerank_cache_path(&a, &b)?)?,
+            false => ScoreCache::open(rerank_cache_path(&key, a.rerank.as_deref())?)?,
         };
         if !scores.known.is_empty() {
             eprintln!(
@@ -303,163 +316,4 @@ fn hnsw_runs(
         );
     }
     Ok(runs)
-}
-
-const CACHE_MAGIC: &[u8; 8] = b"ASIDEEM1";
-
-/// `DIR/corpus-KEY.f32`, KEY a digest of the model's weights, the adapter file's
-/// bytes, the encoding options and every document.
-fn corpus_cache_path(a: &EvalArgs, b: &Backbone, data: &Beir) -> anyhow::Result<PathBuf> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b.sha256().as_bytes());
-    hash_adapter(&mut h, a.adapter.as_deref())?;
-    h.update(format!(
-        "|{}|{}|{}|",
-        a.max_length,
-        a.precision,
-        data.corpus.len()
-    ));
-    for (id, text) in &data.corpus {
-        h.update(id.as_bytes());
-        h.update([0]);
-        h.update(text.as_bytes());
-        h.update([0]);
-    }
-    let key = hex::encode(&h.finalize()[..12]);
-    Ok(a.cache_dir.join(format!("corpus-{key}.f32")))
-}
-
-/// Feeds an adapter's bytes (a file, or every file of a PEFT folder) to `h`.
-fn hash_adapter(h: &mut sha2::Sha256, adapter: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use sha2::Digest;
-    match adapter {
-        Some(p) if p.is_dir() => {
-            let mut names: Vec<_> = std::fs::read_dir(p)?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()?;
-            names.sort();
-            for f in names.iter().filter(|f| f.is_file()) {
-                h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
-                h.update(aside_backbone::sha256_file(f)?);
-            }
-        }
-        Some(p) => h.update(aside_backbone::sha256_file(p)?),
-        None => h.update(b"no adapter"),
-    }
-    Ok(())
-}
-
-/// `DIR/rerank-KEY.tsv`, KEY a digest of the model's weights, the rerank adapter's
-/// bytes, the max length and the precision: what decides a pair's score besides
-/// the two texts, which each line's own key covers.
-fn rerank_cache_path(a: &EvalArgs, b: &Backbone) -> anyhow::Result<PathBuf> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b.sha256().as_bytes());
-    hash_adapter(&mut h, a.rerank.as_deref())?;
-    h.update(format!("|{}|{}|", a.max_length, a.precision));
-    let key = hex::encode(&h.finalize()[..12]);
-    Ok(a.cache_dir.join(format!("rerank-{key}.tsv")))
-}
-
-/// Bytes of the digest a pair key keeps (hex: twice as many characters).
-const PAIR_KEY_BYTES: usize = 12;
-
-/// A (query, document) pair's line key: a digest of both texts.
-fn pair_key(query: &str, doc: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(query.as_bytes());
-    h.update([0]);
-    h.update(doc.as_bytes());
-    hex::encode(&h.finalize()[..PAIR_KEY_BYTES])
-}
-
-/// Re-ranking scores by pair key, appended to a file (`KEY<TAB>f32 bits in hex`, one
-/// line a pair) one query at a time, so a killed run keeps what it computed. Lines
-/// that do not parse (a write cut short) are ignored. No file: in memory only.
-#[derive(Default)]
-struct ScoreCache {
-    path: Option<PathBuf>,
-    file: Option<std::fs::File>,
-    known: HashMap<String, f32>,
-}
-
-impl ScoreCache {
-    fn open(path: PathBuf) -> anyhow::Result<Self> {
-        let known: HashMap<String, f32> = match std::fs::read_to_string(&path) {
-            Ok(text) => text
-                .lines()
-                .filter_map(|l| {
-                    let (k, v) = l.split_once('\t')?;
-                    let v = f32::from_bits(u32::from_str_radix(v, 16).ok()?);
-                    (k.len() == 2 * PAIR_KEY_BYTES && v.is_finite()).then(|| (k.to_owned(), v))
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let dir = path.parent().expect("a file in the cache folder");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // A line cut short by an earlier kill must not swallow the first new one.
-        file.write_all(b"\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self {
-            path: Some(path),
-            file: Some(file),
-            known,
-        })
-    }
-
-    fn add(&mut self, fresh: &[(String, f32)]) -> anyhow::Result<()> {
-        if let (Some(f), Some(path)) = (&mut self.file, &self.path) {
-            let lines: String = fresh
-                .iter()
-                .map(|(k, v)| format!("{k}\t{:08x}\n", v.to_bits()))
-                .collect();
-            f.write_all(lines.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        self.known.extend(fresh.iter().cloned());
-        Ok(())
-    }
-}
-
-/// The cached embeddings, or `None` when the file is missing or not what it should be.
-fn read_cache(path: &std::path::Path, n: usize) -> Option<Vec<Vec<f32>>> {
-    let bytes = std::fs::read(path).ok()?;
-    let (head, body) = bytes.split_at_checked(16)?;
-    if &head[..8] != CACHE_MAGIC || u32::from_le_bytes(head[8..12].try_into().ok()?) as usize != n {
-        return None;
-    }
-    let d = u32::from_le_bytes(head[12..16].try_into().ok()?) as usize;
-    if d == 0 || body.len() != n * d * 4 {
-        return None;
-    }
-    let rows = super::f32_rows(body, d);
-    rows.iter().flatten().all(|v| v.is_finite()).then_some(rows)
-}
-
-fn write_cache(path: &std::path::Path, docs: &[Vec<f32>]) -> anyhow::Result<()> {
-    let d = docs.first().map_or(0, Vec::len);
-    let mut bytes = Vec::with_capacity(16 + docs.len() * d * 4);
-    bytes.extend_from_slice(CACHE_MAGIC);
-    bytes.extend_from_slice(&(docs.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&(d as u32).to_le_bytes());
-    for v in docs {
-        v.iter()
-            .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
-    }
-    let dir = path.parent().expect("a file in the cache folder");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("f32.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }

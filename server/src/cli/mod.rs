@@ -65,6 +65,19 @@ pub fn default_model_dir() -> PathBuf {
     PathBuf::from("models/all-MiniLM-L6-v2")
 }
 
+/// The backbone every subcommand loads: one `--model` flag, declared once.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model folder (config.json, tokenizer.json, model.safetensors).
+    #[arg(
+        id = "model",
+        long = "model",
+        env = "ASIDE_MODEL",
+        default_value_os_t = default_model_dir()
+    )]
+    pub dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Corpus encoding throughput (docs/s, tokens/s).
@@ -73,17 +86,4 @@ pub enum BenchCommand {
     Adapters(bench_adapters::BenchAdaptersArgs),
     /// HNSW build, recall and QPS; durable upsert throughput.
     Index(bench_index::BenchIndexArgs),
-}
-
-/// Rows of `dim` little-endian f32 from `bytes` (whose length is a multiple of
-/// `4 · dim`).
-pub(crate) fn f32_rows(bytes: &[u8], dim: usize) -> Vec<Vec<f32>> {
-    bytes
-        .chunks_exact(4 * dim)
-        .map(|row| {
-            row.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect()
-        })
-        .collect()
 }

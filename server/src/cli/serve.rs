@@ -17,9 +17,8 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model folder (config.json, tokenizer.json, model.safetensors).
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Where adapters and collections are stored.
     #[arg(long, env = "ASIDE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -102,13 +101,13 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     let t0 = Instant::now();
     let backbone = Arc::new(
         Backbone::load(
-            &a.model,
+            &a.model.dir,
             &LoadOptions {
                 device: parse_device(&a.device)?,
                 precision: a.precision,
             },
         )
-        .with_context(|| format!("loading model from {}", a.model.display()))?,
+        .with_context(|| format!("loading model from {}", a.model.dir.display()))?,
     );
     let registry = Registry::open(
         &a.data_dir.join("adapters"),
@@ -160,7 +159,7 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
         batch_size: 1,
     })?;
     tracing::info!(
-        model = %a.model.display(),
+        model = %a.model.dir.display(),
         adapters = registry.list().len(),
         collections = index.list().len(),
         seconds = t0.elapsed().as_secs_f64(),

@@ -17,8 +17,8 @@ use super::adapter::{meta_from, ShapeArgs};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    #[arg(long, env = "ASIDE_MODEL", default_value_os_t = super::default_model_dir())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// iaa-s, iaa-l, iaa-m, houlsby, lora, bitfit, or full (every backbone weight;
     /// the output is then a model folder).
     #[arg(long)]
@@ -159,8 +159,8 @@ fn clock(s: f64) -> String {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let backbone = Backbone::load(&a.model, &LoadOptions::default())
-        .with_context(|| format!("loading model from {}", a.model.display()))?;
+    let backbone = Backbone::load(&a.model.dir, &LoadOptions::default())
+        .with_context(|| format!("loading model from {}", a.model.dir.display()))?;
     let target = if a.kind == "full" {
         Target::Full
     } else {

@@ -1,6 +1,7 @@
 //! Evaluation on BEIR-format data: reading corpus, queries and judgements,
 //! encoding with progress, exact or HNSW retrieval, optional re-ranking.
 
+pub mod cache;
 pub mod metrics;
 
 use std::collections::HashMap;
