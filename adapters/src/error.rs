@@ -37,6 +37,14 @@ pub enum AdapterError {
     Peft(String),
     #[error("invalid adapter name `{0}`: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'")]
     BadName(String),
+    #[error("adapter name `{0}` is reserved for the store's own files; choose another")]
+    ReservedName(String),
+    #[error("adapter `{name}` serves {current}; a new version cannot change its task to {new} (upload it under a new name)")]
+    TaskChange {
+        name: String,
+        current: String,
+        new: String,
+    },
     #[error("no adapter named `{0}`")]
     NotFound(String),
     #[error("adapter `{name}` has no version {version}")]

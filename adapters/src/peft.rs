@@ -126,6 +126,23 @@ pub fn convert_dir(dir: &Path, dims: &Dims) -> Result<crate::Adapter> {
 
 /// Converts PEFT `adapter_config.json` bytes and `adapter_model.safetensors` bytes.
 pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate::Adapter> {
+    convert_bounded(
+        config_json,
+        weights,
+        dims,
+        crate::format::DEFAULT_MAX_FILE_BYTES,
+    )
+}
+
+/// [`convert`], refusing (before allocating it) a converted file larger than
+/// `max_bytes`: padding every module to the largest `rank_pattern` rank can make a
+/// small upload many times larger.
+pub fn convert_bounded(
+    config_json: &[u8],
+    weights: &[u8],
+    dims: &Dims,
+    max_bytes: u64,
+) -> Result<crate::Adapter> {
     let cfg: PeftConfig = serde_json::from_slice(config_json)
         .map_err(|e| err(format!("adapter_config.json: {e}")))?;
     if let Some(t) = &cfg.peft_type {
@@ -271,6 +288,21 @@ pub fn convert(config_json: &[u8], weights: &[u8], dims: &Dims) -> Result<crate:
     } else {
         // Scale 1 in the file; each module's own scale is baked into its B.
         meta.lora_alpha = Some(r_max as f64);
+    }
+
+    let converted: u64 = layers.len() as u64
+        * sites
+            .iter()
+            .map(|&s| {
+                let (inp, out) = dims.linear_dims(Site::ALL[s]);
+                (r_max * (inp + out) * 4) as u64
+            })
+            .sum::<u64>();
+    if converted > max_bytes {
+        return Err(AdapterError::Oversized {
+            size: converted,
+            limit: max_bytes,
+        });
     }
 
     let f32 = aside_backbone::candle_core::DType::F32;

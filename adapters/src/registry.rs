@@ -26,6 +26,10 @@ use crate::layout::Dims;
 
 const STORE_FORMAT: &str = "aside-adapter-store 1";
 
+/// Names of the store's own files beside the adapters' folders: no adapter may
+/// take them.
+const RESERVED: [&str; 1] = ["FORMAT"];
+
 /// Registry settings.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
@@ -291,12 +295,25 @@ impl Registry {
     /// validation changes nothing; the same bytes again answer `Unchanged`.
     pub fn put(&self, name: &str, bytes: &[u8]) -> Result<PutOutcome> {
         check_name(name)?;
+        if RESERVED.contains(&name) {
+            return Err(AdapterError::ReservedName(name.to_owned()));
+        }
         let adapter = self.validate(bytes)?;
         let version = sha256_hex(bytes);
         let _w = self.writer.lock();
         if let Some(state) = self.names.read().get(name) {
             if state.current == version {
                 return Ok(PutOutcome::Unchanged(state.versions[&version].clone()));
+            }
+            // A new version serves the same task: collections re-embed with it.
+            let current = &state.versions[&state.current].task;
+            let new = adapter.task().to_string();
+            if *current != new {
+                return Err(AdapterError::TaskChange {
+                    name: name.to_owned(),
+                    current: current.clone(),
+                    new,
+                });
             }
         }
         let dir = self.root.join(name);

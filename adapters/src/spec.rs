@@ -10,6 +10,10 @@ use crate::error::{meta_err, Result};
 pub const FORMAT: &str = "iaa-adapter";
 pub const FORMAT_VERSION: &str = "1";
 
+/// More layers than any backbone this server loads has: a longer `lora_layers`
+/// list is refused before it is read to its end.
+pub const MAX_LAYERS: usize = 1024;
+
 /// The adapter kinds of method.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
@@ -188,7 +192,8 @@ pub struct Meta {
     pub lora_alpha: Option<f64>,
     /// LoRA target linears, in file order.
     pub lora_targets: Vec<Site>,
-    /// LoRA layers (all when `None`): extension key `lora_layers`, for PEFT's `layers_to_transform`.
+    /// LoRA layers (all when `None`): extension key `lora_layers`, for PEFT's
+    /// `layers_to_transform`; at most [`MAX_LAYERS`] distinct entries.
     pub lora_layers: Option<Vec<usize>>,
     /// rsLoRA scaling α/√r: extension key `lora_rslora`.
     pub lora_rslora: bool,
@@ -317,11 +322,18 @@ impl Meta {
             }
             if let Some(s) = get("lora_layers") {
                 let mut layers = Vec::new();
-                for p in s.split(',').map(str::trim) {
+                let mut seen = std::collections::HashSet::new();
+                for (n, p) in s.split(',').map(str::trim).enumerate() {
+                    if n >= MAX_LAYERS {
+                        return Err(meta_err(
+                            "lora_layers",
+                            format!("more than {MAX_LAYERS} entries"),
+                        ));
+                    }
                     let l: usize = p.parse().map_err(|_| {
                         meta_err("lora_layers", format!("`{p}` is not a layer index"))
                     })?;
-                    if layers.contains(&l) {
+                    if !seen.insert(l) {
                         return Err(meta_err(
                             "lora_layers",
                             format!("layer {l} is listed twice"),

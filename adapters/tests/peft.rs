@@ -105,3 +105,21 @@ fn unsupported_peft_settings_are_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn a_conversion_larger_than_the_limit_is_refused_before_it_is_built() {
+    let (_d, b) = tiny();
+    let dir = format!("{FX}/peft/rank-alpha-patterns");
+    let cfg = std::fs::read(format!("{dir}/adapter_config.json")).unwrap();
+    let weights = std::fs::read(format!("{dir}/adapter_model.safetensors")).unwrap();
+    // Every module padded to the largest rank outgrows the upload itself.
+    let limit = weights.len() as u64;
+    match peft::convert_bounded(&cfg, &weights, &dims(&b), limit) {
+        Err(AdapterError::Oversized { size, limit: l }) => {
+            assert_eq!(l, limit);
+            assert!(size > limit, "{size}");
+        }
+        other => panic!("expected Oversized, got {:?}", other.map(|_| ())),
+    }
+    peft::convert_bounded(&cfg, &weights, &dims(&b), 64 << 20).unwrap();
+}

@@ -164,6 +164,31 @@ fn metadata_faults_are_named() {
 }
 
 #[test]
+fn a_huge_lora_layer_list_is_refused_at_once() {
+    let (_d, b) = tiny();
+    let mut meta = Meta::new(Kind::Lora, Task::Retrieval);
+    meta.r = Some(2);
+    meta.lora_targets = vec![aside_backbone::Site::Query];
+    meta.backbone = Some(b.sha256().to_owned());
+    let a = random_adapter(&meta, &dims(&b), b.bert(), 3);
+    let mut m = meta.to_map();
+    let t = a.tensors().clone();
+    // 100,000 entries (a quadratic duplicate check spent seconds on such lists).
+    let many: Vec<String> = (0..100_000).map(|i: usize| i.to_string()).collect();
+    m.insert("lora_layers".into(), many.join(","));
+    refuse(
+        &b,
+        &bytes(&m, &t),
+        "metadata `lora_layers`: more than 1024 entries",
+    );
+    // A layer the backbone lacks, and a duplicate, are named.
+    m.insert("lora_layers".into(), "0,7".into());
+    refuse(&b, &bytes(&m, &t), "layer 7 does not exist");
+    m.insert("lora_layers".into(), "1,1".into());
+    refuse(&b, &bytes(&m, &t), "layer 1 is listed twice");
+}
+
+#[test]
 fn a_file_for_a_wider_backbone_does_not_fit() {
     let (_d, b) = tiny();
     let (meta, t) = valid(&b);

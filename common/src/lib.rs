@@ -50,6 +50,13 @@ pub fn sync_dir(dir: &Path) -> Result<(), IoAt> {
         .map_err(at(dir))
 }
 
+/// Whether an I/O error means "no space left" (a full disk, or a quota).
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
 /// Writes `bytes` to `path` atomically and durably: a temp file beside it
 /// (`.NAME.tmp`), fsync, rename over `path`, fsync the directory. A crash leaves
 /// the old file or the new one, never a mix.
@@ -59,10 +66,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoAt> {
         ".{}.tmp",
         path.file_name().expect("file name").to_string_lossy()
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(at(&tmp))?;
-    f.write_all(bytes).map_err(at(&tmp))?;
-    f.sync_all().map_err(at(&tmp))?;
-    drop(f);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A partial temp file would hold space a full disk needs back.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(at(&tmp)(e));
+    }
     std::fs::rename(&tmp, path).map_err(at(path))?;
     sync_dir(dir)
 }

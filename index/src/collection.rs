@@ -175,6 +175,8 @@ pub struct Collection {
     progress: (Mutex<()>, Condvar),
     compacting: AtomicBool,
     warnings: Vec<String>,
+    /// What opening found lost (corrupt log records skipped).
+    damage: Vec<String>,
 }
 
 impl std::fmt::Debug for Collection {
@@ -380,11 +382,17 @@ impl Collection {
             }
         }
         let segs = wal::segments(dir)?;
+        let mut damage = Vec::new();
         for &g in segs.iter().filter(|&&g| g >= base) {
-            let (ops, torn) = wal::replay(&wal::segment_path(dir, g))?;
-            if torn {
+            let (ops, report) = wal::replay(&wal::segment_path(dir, g))?;
+            if let Some(bytes) = report.torn_tail {
                 warnings.push(format!(
-                    "log segment {g}: a torn or corrupt tail was dropped"
+                    "log segment {g}: an incomplete last record ({bytes} bytes, never acknowledged) was cut off"
+                ));
+            }
+            for (offset, bytes) in report.skipped {
+                damage.push(format!(
+                    "log segment {g}: a corrupt record at byte {offset} ({bytes} bytes) was skipped; the writes it held are lost, the records after it were read"
                 ));
             }
             for op in ops {
@@ -403,6 +411,7 @@ impl Collection {
             progress: (Mutex::new(()), Condvar::new()),
             compacting: AtomicBool::new(false),
             warnings,
+            damage,
         });
         c.kick_indexer();
         Ok(c)
@@ -470,9 +479,16 @@ impl Collection {
         self.config.read().clone()
     }
 
-    /// Problems found while opening (skipped snapshots, dropped torn tails).
+    /// Problems found while opening that lost nothing acknowledged (a snapshot
+    /// skipped for the one before it, an incomplete last record cut off).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// What opening found lost: corrupt log records skipped (each named by segment
+    /// and offset). Empty for a healthy collection.
+    pub fn damage(&self) -> &[String] {
+        &self.damage
     }
 
     fn check_vector(&self, id: &str, v: &mut [f32]) -> Result<()> {
@@ -542,8 +558,10 @@ impl Collection {
         let seq = w.wal.append(&op)?;
         let wal = w.wal.clone();
         self.state.write().apply(op);
+        // The write is in the log: a snapshot that fails now (a full disk) is tried
+        // again after a later write and must not fail this one.
         if wal.bytes() > SNAPSHOT_BYTES {
-            self.snapshot_locked(&mut w)?;
+            let _ = self.snapshot_locked(&mut w);
         }
         let (compact, backlog) = {
             let st = self.state.read();

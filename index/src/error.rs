@@ -40,9 +40,18 @@ pub enum IndexError {
     },
     #[error("collection data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the collection takes no writes until the server restarts: {0}")]
+    ReadOnly(String),
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+impl IndexError {
+    /// An I/O error for want of space (a full disk or quota).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, IndexError::Io { source, .. } if aside_common::is_no_space(source))
+    }
+}
 
 impl From<aside_common::BadName> for IndexError {
     fn from(e: aside_common::BadName) -> Self {

@@ -68,6 +68,8 @@ pub struct Index {
     root: PathBuf,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     warnings: Vec<String>,
+    /// Collections left on disk because they could not be opened, with the reason.
+    failed: BTreeMap<String, String>,
 }
 
 impl Index {
@@ -77,6 +79,7 @@ impl Index {
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let mut map = BTreeMap::new();
         let mut warnings = Vec::new();
+        let mut failed = BTreeMap::new();
         let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(root)
             .map_err(io_err(root))?
             .collect::<std::io::Result<_>>()
@@ -123,18 +126,28 @@ impl Index {
                     );
                     map.insert(name, c);
                 }
-                Err(err) => warnings.push(format!("collection `{name}` not opened: {err}")),
+                Err(err) => {
+                    warnings.push(format!("collection `{name}` not opened: {err}"));
+                    failed.insert(name, err.to_string());
+                }
             }
         }
         Ok(Index {
             root: root.to_owned(),
             collections: RwLock::new(map),
             warnings,
+            failed,
         })
     }
 
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Collections that could not be opened (a corrupt manifest, no readable
+    /// snapshot or log), by name, with the reason; their files are left untouched.
+    pub fn failed(&self) -> &BTreeMap<String, String> {
+        &self.failed
     }
 
     pub fn create(&self, config: CollectionConfig) -> Result<Arc<Collection>> {

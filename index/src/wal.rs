@@ -190,38 +190,85 @@ pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>> {
     generations(dir, "wal-", ".log")
 }
 
-/// Reads a segment's complete records; a torn or corrupt tail is cut off (the file is
-/// truncated to its last good record) and counted in the second value.
-pub(crate) fn replay(path: &Path) -> Result<(Vec<Op>, bool)> {
+/// What replaying a segment found besides its good records.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Replay {
+    /// Bytes of an incomplete last record (a write cut off by a crash: never
+    /// acknowledged), cut off the file.
+    pub torn_tail: Option<u64>,
+    /// Corrupt records inside the segment, skipped: `(offset, bytes)`. Records after
+    /// them were read; the file is left as it is.
+    pub skipped: Vec<(u64, u64)>,
+}
+
+/// The record framed at `pos`, if its frame fits, its checksum holds and it decodes:
+/// the op and the offset after it.
+fn record_at(buf: &[u8], pos: usize) -> Option<(Op, usize)> {
+    let head = buf.get(pos..pos.checked_add(8)?)?;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4"));
+    let end = (pos + 8).checked_add(len)?;
+    let body = buf.get(pos + 8..end)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Op::decode(body).ok().map(|op| (op, end))
+}
+
+/// The first offset after `from` where a good record starts, if any.
+fn next_record(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len().saturating_sub(8)).find(|&q| record_at(buf, q).is_some())
+}
+
+/// Reads a segment's records. A corrupt record inside the segment is skipped: by its
+/// length frame when that frame leads to the next good record (or the end), else up
+/// to the next good record found; the records after it are kept. Only bytes after
+/// the last good record that hold no good record are a torn tail (a write cut off
+/// by a crash), and only those are cut off the file.
+pub(crate) fn replay(path: &Path) -> Result<(Vec<Op>, Replay)> {
     let mut buf = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
         .map_err(io_err(path))?;
     let mut ops = Vec::new();
+    let mut report = Replay::default();
     let mut pos = 0;
-    let mut torn = false;
     while pos < buf.len() {
-        if buf.len() - pos < 8 {
-            torn = true;
-            break;
+        if let Some((op, next)) = record_at(&buf, pos) {
+            ops.push(op);
+            pos = next;
+            continue;
         }
-        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4")) as usize;
-        let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().expect("4"));
-        let body = pos + 8;
-        if buf.len() - body < len || crc32fast::hash(&buf[body..body + len]) != crc {
-            torn = true;
-            break;
-        }
-        match Op::decode(&buf[body..body + len]) {
-            Ok(op) => ops.push(op),
-            Err(_) => {
-                torn = true;
+        // A bad record: where does the next good one start?
+        let by_frame = buf
+            .get(pos..pos + 4)
+            .map(|l| u32::from_le_bytes(l.try_into().expect("4")) as usize)
+            .and_then(|len| (pos + 8).checked_add(len))
+            .filter(|&end| {
+                end <= buf.len() && (end == buf.len() || record_at(&buf, end).is_some())
+            });
+        let resume = match by_frame {
+            Some(end) if end < buf.len() => Some(end),
+            _ => next_record(&buf, pos + 1),
+        };
+        match resume {
+            Some(q) => {
+                report.skipped.push((pos as u64, (q - pos) as u64));
+                pos = q;
+            }
+            None if by_frame == Some(buf.len()) => {
+                // A whole last record with a bad checksum: written completely, then
+                // damaged. It is skipped, not cut, so the bytes stay for inspection.
+                report.skipped.push((pos as u64, (buf.len() - pos) as u64));
+                pos = buf.len();
+            }
+            None => {
+                report.torn_tail = Some((buf.len() - pos) as u64);
                 break;
             }
         }
-        pos = body + len;
     }
-    if torn {
+    if report.torn_tail.is_some() {
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -229,15 +276,19 @@ pub(crate) fn replay(path: &Path) -> Result<(Vec<Op>, bool)> {
         f.set_len(pos as u64).map_err(io_err(path))?;
         f.sync_all().map_err(io_err(path))?;
     }
-    Ok((ops, torn))
+    Ok((ops, report))
 }
 
 struct WalState {
     file: File,
+    /// Length of the file up to the last whole record.
     bytes: u64,
     written: u64,
     synced: u64,
     syncing: bool,
+    /// Set when the log can no longer be trusted to hold what it is given (an fsync
+    /// failed, or a failed write could not be cut off): writes are refused.
+    failed: Option<String>,
 }
 
 /// The open segment of one collection.
@@ -266,6 +317,7 @@ impl Wal {
                 written: 0,
                 synced: 0,
                 syncing: false,
+                failed: None,
             }),
             synced: Condvar::new(),
         })
@@ -283,7 +335,21 @@ impl Wal {
         put_u32(&mut rec, crc32fast::hash(&payload));
         rec.extend_from_slice(&payload);
         let mut s = self.state.lock();
-        s.file.write_all(&rec).map_err(io_err(&self.path))?;
+        if let Some(why) = &s.failed {
+            return Err(IndexError::ReadOnly(why.clone()));
+        }
+        if let Err(e) = s.file.write_all(&rec) {
+            // Leave the log as it was: a partial record must not stay in front of
+            // the records appended after it (replay would stop there).
+            let bytes = s.bytes;
+            if let Err(cut) = s.file.set_len(bytes) {
+                s.failed = Some(format!(
+                    "a failed write to {} could not be cut off ({cut})",
+                    self.path.display()
+                ));
+            }
+            return Err(io_err(&self.path)(e));
+        }
         s.bytes += rec.len() as u64;
         s.written += 1;
         Ok(s.written)
@@ -297,6 +363,11 @@ impl Wal {
             if s.synced >= seq {
                 return Ok(());
             }
+            if let Some(why) = &s.failed {
+                // After a failed fsync the kernel may have dropped the pages: nothing
+                // written since the last good fsync can be called durable.
+                return Err(IndexError::ReadOnly(why.clone()));
+            }
             if !s.syncing {
                 s.syncing = true;
                 let target = s.written;
@@ -305,8 +376,9 @@ impl Wal {
                 let r = file.sync_data().map_err(io_err(&self.path));
                 s = self.state.lock();
                 s.syncing = false;
-                if r.is_ok() {
-                    s.synced = s.synced.max(target);
+                match &r {
+                    Ok(()) => s.synced = s.synced.max(target),
+                    Err(e) => s.failed = Some(format!("the log could not be made durable: {e}")),
                 }
                 self.synced.notify_all();
                 r?;

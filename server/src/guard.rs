@@ -149,8 +149,8 @@ fn authorize(core: &Shared, access: Access, h: &HeaderMap) -> Result<(), Error> 
         core.limits.read_key.as_deref(),
     );
     let key = presented_key(h);
-    let is_admin = |k: &str| admin == Some(k);
-    let is_read = |k: &str| read == Some(k);
+    let is_admin = |k: &str| admin.is_some_and(|a| same_key(a, k));
+    let is_read = |k: &str| read.is_some_and(|r| same_key(r, k));
     if access == Access::Admin {
         if admin.is_none() {
             return Ok(());
@@ -169,5 +169,29 @@ fn authorize(core: &Shared, access: Access, h: &HeaderMap) -> Result<(), Error> 
         Some(k) if is_admin(k) || is_read(k) => Ok(()),
         None if read.is_none() => Ok(()),
         _ => Err(Error::Unauthorized),
+    }
+}
+
+/// Compares a configured key with a presented one in time that depends on neither
+/// key's content (only on the presented key's length).
+fn same_key(configured: &str, presented: &str) -> bool {
+    let (a, b) = (configured.as_bytes(), presented.as_bytes());
+    let mut diff = (a.len() != b.len()) as u8;
+    for (i, &x) in b.iter().enumerate() {
+        diff |= x ^ a.get(i % a.len().max(1)).copied().unwrap_or(0);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn keys_compare_exactly() {
+        assert!(same_key("secret", "secret"));
+        for other in ["", "secre", "secret!", "Secret", "s", "secreu"] {
+            assert!(!same_key("secret", other), "{other}");
+        }
     }
 }

@@ -22,8 +22,9 @@ impl super::Core {
             AdapterUpload::Peft { config, weights } => {
                 let dims = Dims::of(&self.backbone);
                 let sha = self.backbone.sha256().to_owned();
+                let limit = self.limits.adapter_body_limit as u64;
                 blocking(move || {
-                    let a = peft::convert(&config, &weights, &dims)?;
+                    let a = peft::convert_bounded(&config, &weights, &dims, limit)?;
                     let mut meta = a.meta().clone();
                     meta.backbone = Some(sha);
                     Ok(format::write_tensors(&meta.to_map(), a.tensors())?)
@@ -78,6 +79,7 @@ impl super::Core {
 
     /// Deletes every version; refused while a collection uses the adapter.
     pub async fn delete_adapter(&self, name: &str) -> Result<AdapterDeleted> {
+        let _use = self.adapter_use.lock().await;
         let users: Vec<String> = self
             .index
             .list()

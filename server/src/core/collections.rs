@@ -62,10 +62,32 @@ impl Core {
             count: st.count,
             tombstones: st.tombstones,
             unindexed: st.unindexed,
+            damage: c.damage().to_vec(),
         }
     }
 
+    /// Collections that lost data or could not be opened, with what and why.
+    pub fn damaged(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = self
+            .index
+            .failed()
+            .iter()
+            .map(|(n, why)| (n.clone(), vec![format!("not opened: {why}")]))
+            .collect();
+        for c in self.index.list() {
+            if !c.damage().is_empty() {
+                out.insert(c.config().name, c.damage().to_vec());
+            }
+        }
+        out
+    }
+
     fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        if let Some(why) = self.index.failed().get(name) {
+            return Err(Error::Unavailable {
+                reason: format!("collection `{name}` could not be opened: {why}"),
+            });
+        }
         Ok(self.index.get(name)?)
     }
 
@@ -74,6 +96,7 @@ impl Core {
         name: &str,
         r: CreateCollectionRequest,
     ) -> Result<CollectionInfo> {
+        let _use = self.adapter_use.lock().await;
         let (adapter, version) = match &r.adapter {
             Some(n) => (
                 Some(n.clone()),
@@ -281,7 +304,9 @@ impl Core {
         if let Some((_, a)) = reranker {
             let t2 = Instant::now();
             let texts: Vec<String> = hits.iter().map(|h| h.text.clone()).collect();
-            let scores = self.score_pairs(a, &r.query, &texts).await?;
+            // The candidates are the server's choice: up to MAX_K, whatever the
+            // per-request input limit.
+            let scores = self.score_pairs(a, &r.query, &texts, false).await?;
             for (h, sc) in hits.iter_mut().zip(scores) {
                 h.score = sc + fuse * h.score;
             }

@@ -34,6 +34,11 @@ pub enum Error {
     Unauthorized,
     /// The key may not do this.
     Forbidden,
+    /// The disk is full (or a quota is reached): this write was not stored.
+    InsufficientStorage { reason: String },
+    /// The target cannot take this now (a collection whose log failed, a
+    /// collection that could not be opened).
+    Unavailable { reason: String },
     /// Too many requests in flight; retry after this many seconds.
     Overloaded { retry_after: u64 },
     /// The request took longer than the request timeout.
@@ -93,6 +98,8 @@ impl Error {
             Error::Unauthorized => "unauthorized",
             Error::Forbidden => "forbidden",
             Error::Overloaded { .. } => "overloaded",
+            Error::InsufficientStorage { .. } => "insufficient_storage",
+            Error::Unavailable { .. } => "unavailable",
             Error::Timeout => "timeout",
             Error::Internal(_) => "internal",
         }
@@ -120,7 +127,12 @@ impl Error {
             Error::AlreadyExists { what, name } => {
                 format!("a {what} named `{name}` already exists")
             }
-            Error::Conflict { reason } | Error::TooLarge { reason } => reason.clone(),
+            Error::Conflict { reason }
+            | Error::TooLarge { reason }
+            | Error::Unavailable { reason } => reason.clone(),
+            Error::InsufficientStorage { reason } => {
+                format!("the disk is full; nothing was stored and the server keeps serving reads ({reason})")
+            }
             Error::WrongTask {
                 adapter,
                 has,
@@ -156,7 +168,23 @@ impl From<AdapterError> for Error {
                 Error::not_found("adapter version", format!("{name}@{version}"))
             }
             AdapterError::Oversized { .. } => Error::too_large(e.to_string()),
-            AdapterError::BadName(_) => Error::invalid("name", e.to_string()),
+            AdapterError::BadName(_) | AdapterError::ReservedName(_) => {
+                Error::invalid("name", e.to_string())
+            }
+            AdapterError::TaskChange {
+                ref name,
+                ref current,
+                ref new,
+            } => Error::WrongTask {
+                adapter: name.clone(),
+                has: new.clone(),
+                needs: current.clone(),
+            },
+            AdapterError::Io { ref source, .. } if aside_common::is_no_space(source) => {
+                Error::InsufficientStorage {
+                    reason: e.to_string(),
+                }
+            }
             AdapterError::Io { .. } | AdapterError::Store(_) | AdapterError::Candle(_) => {
                 Error::Internal(e.to_string())
             }
@@ -175,6 +203,12 @@ impl From<IndexError> for Error {
             },
             IndexError::BadName(_) => Error::invalid("name", e.to_string()),
             IndexError::BadFilter(_) => Error::invalid("filter", e.to_string()),
+            _ if e.is_no_space() => Error::InsufficientStorage {
+                reason: e.to_string(),
+            },
+            IndexError::ReadOnly(_) => Error::Unavailable {
+                reason: e.to_string(),
+            },
             IndexError::Io { .. } | IndexError::Corrupt(_) => Error::Internal(e.to_string()),
             _ => Error::invalid("", e.to_string()),
         }

@@ -49,7 +49,7 @@ impl Core {
     pub async fn rerank(&self, r: RerankRequest) -> Result<RerankResponse> {
         non_empty("texts", &r.texts)?;
         let (info, a) = self.adapter_for(&r.adapter, Task::Rerank)?;
-        let scores = self.score_pairs(a, &r.query, &r.texts).await?;
+        let scores = self.score_pairs(a, &r.query, &r.texts, true).await?;
         Ok(RerankResponse {
             results: ranked(scores),
             adapter_version: info.version,
@@ -78,18 +78,23 @@ impl Core {
         }
     }
 
-    /// Scores (query, text) pairs with a rerank adapter, in input order.
+    /// Scores (query, text) pairs with a rerank adapter, in input order; a client's
+    /// texts (`limited`) within the request limits.
     pub(crate) async fn score_pairs(
         &self,
         adapter: Arc<Adapter>,
         query: &str,
         texts: &[String],
+        limited: bool,
     ) -> Result<Vec<f32>> {
         let pairs = texts
             .iter()
             .map(|t| Text::Pair(query.to_owned(), t.clone()))
             .collect();
-        let pooled = self.embed_texts(pairs, Some(adapter.clone())).await?;
+        let pooled = match limited {
+            true => self.embed_texts(pairs, Some(adapter.clone())).await?,
+            false => self.run_batch(pairs, Some(adapter.clone())).await?,
+        };
         pooled
             .iter()
             .map(|v| {

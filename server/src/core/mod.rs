@@ -72,6 +72,9 @@ pub struct Core {
     /// Requests in flight, over both transports (429 beyond the limit).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     reembeds: Mutex<HashMap<String, Reembed>>,
+    /// Held while a collection takes an adapter and while an adapter is deleted, so
+    /// the two cannot both succeed.
+    adapter_use: tokio::sync::Mutex<()>,
     started: Instant,
 }
 
@@ -95,6 +98,7 @@ impl Core {
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
             limits,
             reembeds: Mutex::default(),
+            adapter_use: tokio::sync::Mutex::new(()),
             started: Instant::now(),
         })
     }
@@ -126,13 +130,24 @@ impl Core {
             .render(self.batcher.depth(), &self.registry.stats())
     }
 
-    /// Embeds texts through the batcher with an adapter (or the bare backbone).
+    /// Embeds a client's texts through the batcher with an adapter (or the bare
+    /// backbone), within the request limits (inputs per request, input length).
     pub(crate) async fn embed_texts(
         &self,
         texts: Vec<Text>,
         adapter: Option<Arc<Adapter>>,
     ) -> Result<Vec<Vec<f32>>> {
         self.check_lengths(&texts)?;
+        self.run_batch(texts, adapter).await
+    }
+
+    /// Embeds texts the server chose itself (re-ranking a search's candidates,
+    /// re-embedding a collection): no per-request limits, long inputs truncated.
+    pub(crate) async fn run_batch(
+        &self,
+        texts: Vec<Text>,
+        adapter: Option<Arc<Adapter>>,
+    ) -> Result<Vec<Vec<f32>>> {
         let pooling = match &adapter {
             Some(a) => a.pooling(self.backbone.pooling()),
             None => self.backbone.pooling(),

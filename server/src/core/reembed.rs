@@ -90,12 +90,8 @@ impl Core {
         adapter: &std::sync::Arc<aside_adapters::Adapter>,
         gone: Vec<String>,
     ) -> Result<usize> {
-        // In requests no larger than a client's, so the same limits hold.
-        let mut vectors = Vec::with_capacity(docs.len());
-        for chunk in docs.chunks(self.limits.max_inputs.clamp(1, 64)) {
-            let texts = chunk.iter().map(|d| Text::Single(d.text.clone())).collect();
-            vectors.extend(self.embed_texts(texts, Some(adapter.clone())).await?);
-        }
+        let texts = docs.iter().map(|d| Text::Single(d.text.clone())).collect();
+        let vectors = self.run_batch(texts, Some(adapter.clone())).await?;
         let batch: Vec<Doc> = docs
             .into_iter()
             .zip(vectors)

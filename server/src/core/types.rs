@@ -168,6 +168,9 @@ pub struct CollectionInfo {
     pub unindexed: usize,
     pub status: CollectionStatus,
     pub reembed: Option<Reembed>,
+    /// What opening the collection found lost (corrupt log records skipped, each
+    /// named); empty when healthy.
+    pub damage: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -387,8 +390,12 @@ pub struct Info {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
-    /// `ok` (liveness) or `ready`.
+    /// `ok` (liveness), `ready`, or `damaged` (503: a collection lost data or could
+    /// not be opened; `damaged` says which and what).
     pub status: String,
+    /// Collection name → what was lost or why it did not open.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub damaged: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Every error: a message that names the fault, and its kind.
@@ -396,7 +403,8 @@ pub struct Status {
 pub struct ErrorBody {
     pub error: String,
     /// invalid_request, unauthorized, forbidden, not_found, method_not_allowed,
-    /// conflict, too_large, unprocessable, overloaded, timeout, internal.
+    /// conflict, too_large, unprocessable, overloaded, insufficient_storage,
+    /// unavailable, timeout, internal.
     #[serde(rename = "type")]
     pub kind: String,
 }

@@ -9,6 +9,8 @@
 //! | Conflict | 409 | FAILED_PRECONDITION |
 //! | Unauthorized / Forbidden | 401 / 403 | UNAUTHENTICATED / PERMISSION_DENIED |
 //! | Overloaded | 429 | RESOURCE_EXHAUSTED (`retry-after` metadata) |
+//! | InsufficientStorage (a full disk) | 507 | RESOURCE_EXHAUSTED |
+//! | Unavailable (a collection that takes no writes, or did not open) | 503 | UNAVAILABLE |
 //! | Timeout | 504 | DEADLINE_EXCEEDED |
 //! | MethodNotAllowed | 405 | UNIMPLEMENTED |
 //! | Internal | 500 | INTERNAL |
@@ -27,7 +29,8 @@ pub fn code(e: &Error) -> Code {
         Error::Conflict { .. } => Code::FailedPrecondition,
         Error::Unauthorized => Code::Unauthenticated,
         Error::Forbidden => Code::PermissionDenied,
-        Error::Overloaded { .. } => Code::ResourceExhausted,
+        Error::Overloaded { .. } | Error::InsufficientStorage { .. } => Code::ResourceExhausted,
+        Error::Unavailable { .. } => Code::Unavailable,
         Error::Timeout => Code::DeadlineExceeded,
         Error::MethodNotAllowed { .. } => Code::Unimplemented,
         Error::Internal(_) => Code::Internal,

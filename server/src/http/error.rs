@@ -19,6 +19,8 @@ pub fn status(e: &Error) -> StatusCode {
         Error::WrongTask { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -259,16 +259,28 @@ pub async fn search(
 pub async fn health() -> Json<Status> {
     Json(Status {
         status: "ok".into(),
+        damaged: Default::default(),
     })
 }
 
-/// Readiness
+/// Readiness: 503 while a collection has lost data or could not be opened
 #[utoipa::path(get, path = "/ready", tag = "server",
-    responses((status = 200, description = "The model is loaded and requests are served", body = Status)))]
-pub async fn ready() -> Json<Status> {
-    Json(Status {
-        status: "ready".into(),
-    })
+    responses((status = 200, description = "The model is loaded and every collection is whole", body = Status),
+              (status = 503, description = "A collection lost data (corrupt log records skipped) or could not be opened: `damaged` says which and what", body = Status)))]
+pub async fn ready(State(c): State<Shared>) -> Response {
+    let damaged = c.damaged();
+    if damaged.is_empty() {
+        return Json(Status {
+            status: "ready".into(),
+            damaged,
+        })
+        .into_response();
+    }
+    let body = Status {
+        status: "damaged".into(),
+        damaged,
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// Model and server facts
