@@ -46,6 +46,11 @@ pub fn read_tensors(
             size - 8
         )));
     }
+    if let Some(name) = duplicate_key(&bytes[8..8 + n as usize]) {
+        return Err(AdapterError::Format(format!(
+            "the header names `{name}` twice"
+        )));
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| describe(e, bytes))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| describe(e, bytes))?;
     let meta: BTreeMap<String, String> = header
@@ -59,6 +64,47 @@ pub fn read_tensors(
         tensors.insert(name.clone(), to_tensor(&name, &view)?);
     }
     Ok((meta, tensors))
+}
+
+/// The first key a JSON header object (or its `__metadata__` object) holds twice:
+/// a JSON map keeps only the last of them, so such a file means two things.
+fn duplicate_key(header: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys {
+        prefix: &'static str,
+    }
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(k) = m.next_key::<String>()? {
+                if k == "__metadata__" && self.prefix.is_empty() {
+                    let inner = m.next_value_seed(Keys {
+                        prefix: "__metadata__.",
+                    })?;
+                    dup = dup.or(inner);
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                }
+                if !seen.insert(k.clone()) && dup.is_none() {
+                    dup = Some(format!("{}{k}", self.prefix));
+                }
+            }
+            Ok(dup)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Keys {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    Keys { prefix: "" }.deserialize(&mut de).ok().flatten()
 }
 
 fn describe(e: safetensors::SafeTensorError, bytes: &[u8]) -> AdapterError {

@@ -164,6 +164,32 @@ fn metadata_faults_are_named() {
 }
 
 #[test]
+fn a_header_naming_a_tensor_twice_is_refused() {
+    let (_d, b) = tiny();
+    let (meta, t) = valid(&b);
+    let file = bytes(&meta, &t);
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&file[8..8 + n]).unwrap().trim_end();
+    let v: serde_json::Value = serde_json::from_str(header).unwrap();
+    let (name, entry) = v
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| *k != "__metadata__")
+        .unwrap();
+    // The same entry twice: a JSON map would keep one and hide the other.
+    let twice = format!(
+        "{{{}:{entry},{}}}",
+        serde_json::to_string(name).unwrap(),
+        &header[1..]
+    );
+    let mut out = (twice.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(twice.as_bytes());
+    out.extend_from_slice(&file[8 + n..]);
+    refuse(&b, &out, &format!("the header names `{name}` twice"));
+}
+
+#[test]
 fn a_huge_lora_layer_list_is_refused_at_once() {
     let (_d, b) = tiny();
     let mut meta = Meta::new(Kind::Lora, Task::Retrieval);

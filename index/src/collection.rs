@@ -387,7 +387,7 @@ impl Collection {
             let (ops, report) = wal::replay(&wal::segment_path(dir, g))?;
             if let Some(bytes) = report.torn_tail {
                 warnings.push(format!(
-                    "log segment {g}: an incomplete last record ({bytes} bytes, never acknowledged) was cut off"
+                    "log segment {g}: a torn tail (an incomplete last record of {bytes} bytes, never acknowledged) was cut off"
                 ));
             }
             for (offset, bytes) in report.skipped {

@@ -34,8 +34,15 @@ pub struct Route {
 
 /// What differs between HTTP and gRPC.
 pub trait Transport: Clone + Send + Sync + 'static {
+    type ReqBody: http_body::Body<Data = bytes::Bytes> + Send + 'static;
     type Body: Send + 'static;
     fn route(&self, method: &Method, uri: &Uri, ext: &Extensions) -> Route;
+    /// The most bytes a request's body may have if the guard reads it whole before
+    /// the request takes an in-flight slot (HTTP: a client that never finishes its
+    /// body holds no slot); `None`: the body streams to the handler (gRPC).
+    fn read_body_first(&self, route: &Route, core: &Shared) -> Option<usize>;
+    /// A body of bytes already read.
+    fn body_of(&self, bytes: bytes::Bytes) -> Self::ReqBody;
     /// The answer to a request refused before it ran.
     fn reject(&self, e: Error) -> Response<Self::Body>;
     /// The outcome label of a response (an HTTP status, a gRPC code).
@@ -74,13 +81,13 @@ pub struct Guard<S, T> {
 
 type BoxFuture<O> = Pin<Box<dyn Future<Output = O> + Send>>;
 
-impl<S, T, B> Service<Request<B>> for Guard<S, T>
+impl<S, T> Service<Request<T::ReqBody>> for Guard<S, T>
 where
-    S: Service<Request<B>, Response = Response<T::Body>> + Clone + Send + 'static,
+    S: Service<Request<T::ReqBody>, Response = Response<T::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     T: Transport,
-    B: Send + 'static,
+    <T::ReqBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<T::Body>;
     type Error = S::Error;
@@ -90,7 +97,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<T::ReqBody>) -> Self::Future {
         // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -103,16 +110,23 @@ where
             } else if let Err(e) = authorize(&core, route.access, req.headers()) {
                 transport.reject(e)
             } else {
-                match core.in_flight.clone().try_acquire_owned() {
-                    Err(_) => transport.reject(Error::Overloaded { retry_after: 1 }),
-                    Ok(_permit) => {
-                        match tokio::time::timeout(core.limits.request_timeout, inner.call(req))
-                            .await
-                        {
-                            Ok(r) => r?,
-                            Err(_) => transport.reject(Error::Timeout),
+                let req = match transport.read_body_first(&route, &core) {
+                    None => Ok(req),
+                    Some(limit) => read_body(&core, &transport, req, limit).await,
+                };
+                match req {
+                    Err(e) => transport.reject(e),
+                    Ok(req) => match core.in_flight.clone().try_acquire_owned() {
+                        Err(_) => transport.reject(Error::Overloaded { retry_after: 1 }),
+                        Ok(_permit) => {
+                            match tokio::time::timeout(core.limits.request_timeout, inner.call(req))
+                                .await
+                            {
+                                Ok(r) => r?,
+                                Err(_) => transport.reject(Error::Timeout),
+                            }
                         }
-                    }
+                    },
                 }
             };
             let adapter = resp
@@ -130,6 +144,38 @@ where
             Ok(resp)
         })
     }
+}
+
+/// Reads a request's body whole (at most `limit` bytes, within the body timeout)
+/// and hands the request on with the bytes read.
+async fn read_body<T: Transport>(
+    core: &Shared,
+    transport: &T,
+    req: Request<T::ReqBody>,
+    limit: usize,
+) -> Result<Request<T::ReqBody>, Error>
+where
+    <T::ReqBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let secs = core.limits.body_timeout.as_secs();
+    let collected = tokio::time::timeout(
+        core.limits.body_timeout,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| Error::BodyTimeout { secs })?;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Error::too_large(format!(
+                "the request body is over the limit of {limit} bytes"
+            )))
+        }
+        Err(e) => return Err(Error::invalid("", format!("reading the request body: {e}"))),
+    };
+    Ok(Request::from_parts(parts, transport.body_of(bytes)))
 }
 
 /// The key a request presents: `x-api-key`, or `authorization: Bearer KEY` (HTTP

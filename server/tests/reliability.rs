@@ -459,3 +459,71 @@ async fn a_nan_fuse_over_grpc_is_refused_as_over_http() {
     }
     s.stop();
 }
+
+#[test]
+fn slow_and_idle_clients_hold_no_slot_and_are_cut_off() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    let model = model(d.path());
+    let s = Server::start(
+        &model,
+        &d.path().join("data"),
+        &[
+            "--max-length",
+            "64",
+            "--max-in-flight",
+            "2",
+            "--header-timeout",
+            "2",
+            "--body-timeout",
+            "3",
+        ],
+    );
+    // Four clients that send headers and never finish their bodies.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        c.write_all(
+            b"POST /v1/embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"inputs\"",
+        )
+        .unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Everyone else is served: the stalled bodies hold no in-flight slot.
+    for _ in 0..3 {
+        let (st, b) = s.call("POST", "/v1/embed", Some(&json!({"inputs": ["x"]})));
+        assert_eq!(st, 200, "{b}");
+    }
+    // The stalled ones are answered 408 once the body timeout passes.
+    for c in stalled.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    }
+    // A client that never finishes its headers, and one idle after a response, are
+    // closed after the header timeout.
+    let mut partial = TcpStream::connect(&s.addr).unwrap();
+    partial
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    for c in [&mut partial, &mut idle] {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut all = Vec::new();
+        let _ = c.read_to_end(&mut all);
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "connections stayed open {waited:?} (header timeout 2 s)"
+    );
+    s.stop();
+}

@@ -61,6 +61,14 @@ pub struct ServeArgs {
     /// Seconds before a request is answered 504.
     #[arg(long, env = "ASIDE_REQUEST_TIMEOUT", default_value_t = 120)]
     pub request_timeout: u64,
+    /// Seconds a client has to send a request's headers; also the longest an HTTP
+    /// connection stays open idle between requests.
+    #[arg(long, env = "ASIDE_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds a client has to send a request's body (408 after that); the body is
+    /// read before the request counts against --max-in-flight.
+    #[arg(long, env = "ASIDE_BODY_TIMEOUT", default_value_t = 120)]
+    pub body_timeout: u64,
     /// Key for writes (adapters, collections, documents); unset: writes are open.
     #[arg(long, env = "ASIDE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
@@ -125,6 +133,11 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     for w in index.warnings() {
         tracing::warn!("{w}");
     }
+    for c in index.list() {
+        for d in c.damage() {
+            tracing::error!(collection = %c.config().name, "data lost: {d}");
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let batcher = Batcher::start(
         backbone.clone(),
@@ -151,6 +164,8 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
         adapter_body_limit: a.adapter_body_limit,
         max_in_flight: a.max_in_flight,
         request_timeout: Duration::from_secs(a.request_timeout),
+        header_timeout: Duration::from_secs(a.header_timeout.max(1)),
+        body_timeout: Duration::from_secs(a.body_timeout.max(1)),
         admin_key: a.admin_key.clone().filter(|k| !k.is_empty()),
         read_key: a.read_key.clone().filter(|k| !k.is_empty()),
     };
@@ -255,9 +270,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             )))
         };
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopped(stop_rx))
-            .await?;
+        crate::http::serve::serve(
+            listener,
+            router,
+            state.limits.header_timeout,
+            stopped(stop_rx),
+        )
+        .await?;
         if let Some(g) = grpc {
             g.await??;
         }

@@ -43,6 +43,8 @@ pub enum Error {
     Overloaded { retry_after: u64 },
     /// The request took longer than the request timeout.
     Timeout,
+    /// The client did not send its request body within the body timeout.
+    BodyTimeout { secs: u64 },
     /// A fault of the server; the detail is logged, not shown.
     Internal(String),
 }
@@ -101,6 +103,7 @@ impl Error {
             Error::InsufficientStorage { .. } => "insufficient_storage",
             Error::Unavailable { .. } => "unavailable",
             Error::Timeout => "timeout",
+            Error::BodyTimeout { .. } => "body_timeout",
             Error::Internal(_) => "internal",
         }
     }
@@ -144,6 +147,9 @@ impl Error {
             Error::Forbidden => "this API key may not do that".into(),
             Error::Overloaded { .. } => "too many requests in flight; retry later".into(),
             Error::Timeout => "the request took too long".into(),
+            Error::BodyTimeout { secs } => {
+                format!("the request body did not arrive within {secs} s")
+            }
             Error::Internal(_) => "internal error".into(),
         }
     }

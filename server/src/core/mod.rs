@@ -40,6 +40,12 @@ pub struct Limits {
     pub adapter_body_limit: usize,
     pub max_in_flight: usize,
     pub request_timeout: Duration,
+    /// A request's headers must arrive within this (also the longest a kept-alive
+    /// HTTP connection stays idle).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this; it is read before the request
+    /// takes an in-flight slot.
+    pub body_timeout: Duration,
     pub admin_key: Option<String>,
     pub read_key: Option<String>,
 }
@@ -54,6 +60,8 @@ impl Default for Limits {
             adapter_body_limit: 256 << 20,
             max_in_flight: 512,
             request_timeout: Duration::from_secs(120),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(120),
             admin_key: None,
             read_key: None,
         }

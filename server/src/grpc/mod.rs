@@ -53,7 +53,16 @@ const READ_RPCS: [&str; 10] = [
 pub struct Grpc;
 
 impl Transport for Grpc {
+    type ReqBody = tonic::body::Body;
     type Body = tonic::body::Body;
+
+    fn read_body_first(&self, _route: &Route, _core: &Shared) -> Option<usize> {
+        None // messages stream to the service, which bounds them
+    }
+
+    fn body_of(&self, bytes: bytes::Bytes) -> Self::ReqBody {
+        tonic::body::Body::new(http_body_util::Full::new(bytes))
+    }
 
     fn route(&self, _method: &Method, uri: &Uri, _ext: &Extensions) -> Route {
         let path = uri.path();

@@ -31,7 +31,7 @@ pub fn code(e: &Error) -> Code {
         Error::Forbidden => Code::PermissionDenied,
         Error::Overloaded { .. } | Error::InsufficientStorage { .. } => Code::ResourceExhausted,
         Error::Unavailable { .. } => Code::Unavailable,
-        Error::Timeout => Code::DeadlineExceeded,
+        Error::Timeout | Error::BodyTimeout { .. } => Code::DeadlineExceeded,
         Error::MethodNotAllowed { .. } => Code::Unimplemented,
         Error::Internal(_) => Code::Internal,
     }

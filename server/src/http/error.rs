@@ -22,6 +22,7 @@ pub fn status(e: &Error) -> StatusCode {
         Error::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
         Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

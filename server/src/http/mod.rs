@@ -8,6 +8,7 @@ pub mod error;
 pub mod handlers;
 pub mod json;
 pub mod openapi;
+pub mod serve;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{Extensions, Method, Response, Uri};
@@ -22,7 +23,19 @@ use crate::guard::{Access, GuardLayer, Route, Transport};
 pub struct Http;
 
 impl Transport for Http {
+    type ReqBody = axum::body::Body;
     type Body = axum::body::Body;
+
+    fn read_body_first(&self, route: &Route, core: &Shared) -> Option<usize> {
+        Some(match route.label.as_str() {
+            "/v1/adapters/{name}" => core.limits.adapter_body_limit,
+            _ => core.limits.body_limit,
+        })
+    }
+
+    fn body_of(&self, bytes: bytes::Bytes) -> Self::ReqBody {
+        axum::body::Body::from(bytes)
+    }
 
     fn route(&self, method: &Method, _uri: &Uri, ext: &Extensions) -> Route {
         let label = ext
