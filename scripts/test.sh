@@ -4,6 +4,7 @@
 # Tests that need the real model fail here rather than skip (ASIDE_REQUIRE_MODEL=1).
 # The Python clients some tests drive (a generic gRPC reflection client, the OpenAPI
 # validators) come from a pinned virtualenv at .venv/ (scripts/pyenv.sh).
+# Then the fuzzer (aside-fuzz) over the parsers of outside bytes, 40 s a target.
 # Then the container image: built from docker/Dockerfile, run, and asked for /health
 # and one embedding (docker/smoke.sh; as root with no image registry, the base images
 # are made locally). ASIDE_SKIP_IMAGE=1, or a test filter, skips it.
@@ -13,6 +14,13 @@ scripts/fetch-model.sh
 ASIDE_PYTHON="$(scripts/pyenv.sh | tail -n1)"
 export ASIDE_PYTHON ASIDE_REQUIRE_MODEL=1
 cargo test --release --workspace --no-fail-fast "$@"
+
+# Mutation fuzzing of the parsers that read outside bytes (adapter files, PEFT
+# folders, log and snapshot replay), bounded in time: a panic, a hang or an
+# allocation over 1 GiB fails the run. ASIDE_FUZZ_SECONDS per target (0: skip).
+if [[ ${ASIDE_FUZZ_SECONDS:-40} != 0 && $# == 0 ]]; then
+  cargo run --release -q -p aside-fuzz -- --seconds "${ASIDE_FUZZ_SECONDS:-40}" all
+fi
 
 if [[ ${ASIDE_SKIP_IMAGE:-0} == 1 || $# -gt 0 ]]; then
   echo "SKIPPED: image smoke test (ASIDE_SKIP_IMAGE=1 or a test filter)"
