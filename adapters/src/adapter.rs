@@ -110,9 +110,20 @@ impl Adapter {
             }
         }
         let want = expected(&meta, dims);
+        // BitFit: any non-empty subset of the backbone's biases and LayerNorm
+        // tensors (an absent one keeps the backbone's value).
+        if meta.kind == Kind::Bitfit && !tensors.keys().any(|n| n.starts_with("bitfit.")) {
+            let first = want
+                .iter()
+                .find(|(n, _)| n.starts_with("bitfit.") && bitfit_required(n))
+                .expect("a backbone has biases");
+            return Err(AdapterError::MissingTensor {
+                name: first.0.clone(),
+                expected: first.1.clone(),
+            });
+        }
         for (name, shape) in &want {
-            let optional =
-                meta.kind == Kind::Bitfit && name.starts_with("bitfit.") && !bitfit_required(name);
+            let optional = meta.kind == Kind::Bitfit && name.starts_with("bitfit.");
             if !tensors.contains_key(name) && !optional {
                 return Err(AdapterError::MissingTensor {
                     name: name.clone(),

@@ -190,6 +190,48 @@ fn a_header_naming_a_tensor_twice_is_refused() {
 }
 
 #[test]
+fn bitfit_files_may_hold_any_subset_of_the_biases() {
+    let (_d, b) = tiny();
+    let mut meta = Meta::new(Kind::Bitfit, Task::Retrieval);
+    meta.backbone = Some(b.sha256().to_owned());
+    let a = random_adapter(&meta, &dims(&b), b.bert(), 3);
+    let m = meta.to_map();
+    let all = a.tensors().clone();
+    let keep = |f: &dyn Fn(&str) -> bool| -> BTreeMap<String, Tensor> {
+        all.iter()
+            .filter(|(n, _)| f(n))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
+    };
+    // Only the encoder layers' biases; only query and intermediate biases.
+    for subset in [
+        keep(&|n| n.contains("encoder.layer") && n.ends_with(".bias")),
+        keep(&|n| n.ends_with("query.bias") || n.ends_with("intermediate.dense.bias")),
+    ] {
+        assert!(!subset.is_empty() && subset.len() < all.len());
+        let got = format::read_adapter(&bytes(&m, &subset), &dims(&b), 1 << 20).unwrap();
+        assert_eq!(got.tensors().len(), subset.len());
+    }
+    // Nothing at all, an unknown name, a wrong shape: refused.
+    refuse(&b, &bytes(&m, &BTreeMap::new()), "missing tensor `bitfit.");
+    let mut unknown = keep(&|n| n.ends_with("query.bias"));
+    let t = unknown.values().next().unwrap().clone();
+    unknown.insert("bitfit.encoder.layer.0.nothing.bias".into(), t);
+    refuse(
+        &b,
+        &bytes(&m, &unknown),
+        "bitfit.encoder.layer.0.nothing.bias",
+    );
+    let mut shape = keep(&|n| n.ends_with("query.bias"));
+    let name = shape.keys().next().unwrap().clone();
+    shape.insert(
+        name.clone(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
+    refuse(&b, &bytes(&m, &shape), &name);
+}
+
+#[test]
 fn a_huge_lora_layer_list_is_refused_at_once() {
     let (_d, b) = tiny();
     let mut meta = Meta::new(Kind::Lora, Task::Retrieval);

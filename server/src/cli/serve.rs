@@ -49,8 +49,12 @@ pub struct ServeArgs {
     /// Inputs per request.
     #[arg(long, env = "ASIDE_MAX_INPUTS", default_value_t = 256)]
     pub max_inputs: usize,
+    /// Documents in one upsert request (embedded in batches of --max-inputs; the
+    /// whole request is one durable write).
+    #[arg(long, env = "ASIDE_MAX_DOCUMENTS", default_value_t = 10_000)]
+    pub max_documents: usize,
     /// Request body limit in bytes (all routes but adapter upload).
-    #[arg(long, env = "ASIDE_BODY_LIMIT", default_value_t = 2 << 20)]
+    #[arg(long, env = "ASIDE_BODY_LIMIT", default_value_t = 32 << 20)]
     pub body_limit: usize,
     /// Adapter upload body limit in bytes.
     #[arg(long, env = "ASIDE_ADAPTER_BODY_LIMIT", default_value_t = 256 << 20)]
@@ -160,6 +164,8 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
         max_length: a.max_length,
         reject_long_inputs: a.reject_long_inputs,
         max_inputs: a.max_inputs,
+        max_documents: a.max_documents.max(1),
+        max_batch_tokens: a.max_batch_tokens,
         body_limit: a.body_limit,
         adapter_body_limit: a.adapter_body_limit,
         max_in_flight: a.max_in_flight,

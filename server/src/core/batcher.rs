@@ -24,6 +24,8 @@ use tokio::sync::oneshot;
 pub enum Text {
     Single(String),
     Pair(String, String),
+    /// Token ids of the model's vocabulary, without special tokens.
+    Ids(Vec<u32>),
 }
 
 /// A unit of work: inputs sharing one adapter (pinned) and output shape.
@@ -33,6 +35,8 @@ pub struct Job {
     pub pooling: PoolingConfig,
     /// Per-job max length (tokens, special tokens included).
     pub max_length: usize,
+    /// Truncate long inputs from their start instead of their end.
+    pub truncate_left: bool,
     pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
 }
 
@@ -112,6 +116,20 @@ impl Batcher {
         pooling: PoolingConfig,
         max_length: usize,
     ) -> Result<Vec<Vec<f32>>, String> {
+        self.submit_from(texts, adapter, pooling, max_length, false)
+            .await
+    }
+
+    /// [`Batcher::submit`], truncating long inputs from their start when
+    /// `truncate_left`.
+    pub async fn submit_from(
+        &self,
+        texts: Vec<Text>,
+        adapter: Option<Arc<Adapter>>,
+        pooling: PoolingConfig,
+        max_length: usize,
+        truncate_left: bool,
+    ) -> Result<Vec<Vec<f32>>, String> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -123,6 +141,7 @@ impl Batcher {
             adapter,
             pooling,
             max_length,
+            truncate_left,
             reply,
         };
         if self.tx.send(job).is_err() {
@@ -150,14 +169,27 @@ fn tokenize(b: &Backbone, job: &Job) -> Result<Vec<Encoded>, String> {
     let inputs: Vec<Input<'_>> = job
         .texts
         .iter()
-        .map(|t| match t {
-            Text::Single(a) => Input::Single(a),
-            Text::Pair(a, c) => Input::Pair(a, c),
+        .filter_map(|t| match t {
+            Text::Single(a) => Some(Input::Single(a)),
+            Text::Pair(a, c) => Some(Input::Pair(a, c)),
+            Text::Ids(_) => None,
         })
         .collect();
-    b.tokens()
-        .encode(&inputs, job.max_length)
-        .map_err(|e| e.to_string())
+    let mut texts = b
+        .tokens()
+        .encode_from(&inputs, job.max_length, job.truncate_left)
+        .map_err(|e| e.to_string())?
+        .into_iter();
+    job.texts
+        .iter()
+        .map(|t| match t {
+            Text::Ids(ids) => b
+                .tokens()
+                .wrap_ids(ids, job.max_length, job.truncate_left)
+                .map_err(|e| e.to_string()),
+            _ => Ok(texts.next().expect("one encoding per text")),
+        })
+        .collect()
 }
 
 fn run(
@@ -291,6 +323,8 @@ fn encode(b: &Backbone, batch: &[Pending], forward_batch: usize) -> Result<Vec<V
                 input: match t {
                     Text::Single(a) => Input::Single(a),
                     Text::Pair(a, c) => Input::Pair(a, c),
+                    // Tokenised already: the forward reads `encoded` alone.
+                    Text::Ids(_) => Input::Single(""),
                 },
                 hooks,
                 pooling: p.job.pooling.pooling,

@@ -167,6 +167,13 @@ impl Core {
         if r.documents.is_empty() {
             return Err(Error::invalid("documents", "must not be empty"));
         }
+        if r.documents.len() > self.limits.max_documents {
+            return Err(Error::too_large(format!(
+                "{} documents in one request; the limit is {} (--max-documents)",
+                r.documents.len(),
+                self.limits.max_documents
+            )));
+        }
         let mut seen = HashSet::new();
         for d in &r.documents {
             if !seen.insert(d.id.as_str()) {
@@ -183,12 +190,12 @@ impl Core {
             }
         }
         let adapter = self.pinned(&c.config().space)?;
-        let texts = r
-            .documents
-            .iter()
-            .map(|d| Text::Single(d.text.clone()))
-            .collect();
-        let vectors = self.embed_texts(texts, adapter).await?;
+        // Embedded in requests of at most --max-inputs each, written as one.
+        let mut vectors = Vec::with_capacity(r.documents.len());
+        for chunk in r.documents.chunks(self.limits.max_inputs.max(1)) {
+            let texts = chunk.iter().map(|d| Text::Single(d.text.clone())).collect();
+            vectors.extend(self.embed_texts(texts, adapter.clone()).await?);
+        }
         let docs: Vec<Doc> = r
             .documents
             .into_iter()

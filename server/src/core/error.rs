@@ -16,6 +16,9 @@ pub enum Error {
         name: String,
         within: Option<String>,
     },
+    /// A model name a compatible client sent that is neither the backbone nor an
+    /// adapter; `known` lists what is.
+    UnknownModel { name: String, known: Vec<String> },
     /// A collection (or other named thing) of that name exists already.
     AlreadyExists { what: &'static str, name: String },
     /// The request conflicts with current state (e.g. a re-embedding is running).
@@ -92,7 +95,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidInput { .. } => "invalid_request",
-            Error::NotFound { .. } => "not_found",
+            Error::NotFound { .. } | Error::UnknownModel { .. } => "not_found",
             Error::AlreadyExists { .. } | Error::Conflict { .. } => "conflict",
             Error::TooLarge { .. } => "too_large",
             Error::WrongTask { .. } => "unprocessable",
@@ -127,6 +130,10 @@ impl Error {
                 within: Some(c),
             } => format!("no {what} `{name}` in collection `{c}`"),
             Error::NotFound { what, name, .. } => format!("no {what} named `{name}`"),
+            Error::UnknownModel { name, known } => format!(
+                "no model named `{name}`; this server has {}",
+                known.join(", ")
+            ),
             Error::AlreadyExists { what, name } => {
                 format!("a {what} named `{name}` already exists")
             }

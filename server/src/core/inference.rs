@@ -8,6 +8,37 @@ use super::batcher::Text;
 use super::types::{EmbedRequest, EmbedResponse, RerankRequest, RerankResponse, RerankResult};
 use super::{Core, Error, Result};
 
+/// One input of a compatible client: a text, or token ids of the model's vocabulary
+/// (without special tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// How a compatible client wants its inputs embedded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbedOptions {
+    /// L2-normalise (None: the adapter's or the model's own setting).
+    pub normalize: Option<bool>,
+    /// Refuse (413) an input over the max length instead of truncating it.
+    pub reject_long: bool,
+    /// Truncate from the start of an input instead of its end.
+    pub truncate_left: bool,
+}
+
+/// Vectors, the adapter version that made them, and the tokens they cost.
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub adapter_version: Option<String>,
+    pub tokens: usize,
+}
+
+/// The probability a logit stands for.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 fn non_empty(field: &str, inputs: &[String]) -> Result<()> {
     if inputs.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
@@ -54,6 +85,140 @@ impl Core {
             results: ranked(scores),
             adapter_version: info.version,
         })
+    }
+
+    /// Embeds texts or token ids as compatible clients ask (normalisation, long
+    /// inputs refused or truncated from either end), counting their tokens.
+    pub async fn embed_inputs(
+        &self,
+        inputs: Vec<EmbedInput>,
+        adapter: Option<&str>,
+        opts: EmbedOptions,
+    ) -> Result<Embedded> {
+        if inputs.is_empty() {
+            return Err(Error::invalid("input", "must not be empty"));
+        }
+        if inputs.len() > self.limits.max_inputs {
+            return Err(Error::too_large(format!(
+                "{} inputs in one request; the limit is {}",
+                inputs.len(),
+                self.limits.max_inputs
+            )));
+        }
+        let (version, adapter) = match adapter {
+            Some(n) => {
+                let (i, a) = self.adapter_for(n, Task::Retrieval)?;
+                (Some(i.version), Some(a))
+            }
+            None => (None, None),
+        };
+        let max = self.limits.max_length;
+        let vocab = self.backbone.tokens().vocab_size() as u32;
+        let texts: Vec<aside_backbone::Input<'_>> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                EmbedInput::Text(t) => Some(aside_backbone::Input::Single(t)),
+                EmbedInput::Ids(_) => None,
+            })
+            .collect();
+        // Untruncated lengths: for the usage count and the long-input check.
+        let mut lengths = self
+            .backbone
+            .tokens()
+            .encode(&texts, 1_000_000)?
+            .into_iter()
+            .map(|e| e.ids.len());
+        let mut tokens = 0;
+        for (n, i) in inputs.iter().enumerate() {
+            let len = match i {
+                EmbedInput::Text(_) => lengths.next().expect("one length per text"),
+                EmbedInput::Ids(ids) => {
+                    if let Some(bad) = ids.iter().find(|&&x| x >= vocab) {
+                        return Err(Error::invalid(
+                            format!("input[{n}]"),
+                            format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+                        ));
+                    }
+                    ids.len() + 2
+                }
+            };
+            if len > max && (opts.reject_long || self.limits.reject_long_inputs) {
+                return Err(Error::too_large(format!(
+                    "input {n} has {len} tokens; the limit is {max} (truncation was not asked for)"
+                )));
+            }
+            tokens += len.min(max);
+        }
+        let mut pooling = match &adapter {
+            Some(a) => a.pooling(self.backbone.pooling()),
+            None => self.backbone.pooling(),
+        };
+        if let Some(n) = opts.normalize {
+            pooling.normalize = n;
+        }
+        let texts = inputs
+            .into_iter()
+            .map(|i| match i {
+                EmbedInput::Text(t) => Text::Single(t),
+                EmbedInput::Ids(ids) => Text::Ids(ids),
+            })
+            .collect();
+        let vectors = self
+            .batcher
+            .submit_from(texts, adapter, pooling, max, opts.truncate_left)
+            .await
+            .map_err(Error::Internal)?;
+        Ok(Embedded {
+            vectors,
+            adapter_version: version,
+            tokens,
+        })
+    }
+
+    /// The backbone's id as clients name a model: its folder's name.
+    pub fn model_id(&self) -> String {
+        self.backbone
+            .files()
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "backbone".into())
+    }
+
+    /// A model name as compatible clients send it: the backbone's id (with or
+    /// without an organisation, e.g. `sentence-transformers/all-MiniLM-L6-v2`),
+    /// `base` or nothing for the bare backbone, else an adapter of `task`.
+    pub fn resolve_model(&self, model: Option<&str>, task: Task) -> Result<Option<String>> {
+        let id = self.model_id();
+        let m = match model.map(str::trim) {
+            None | Some("") | Some("base") => return Ok(None),
+            Some(m) => m,
+        };
+        if m == id || m.rsplit('/').next() == Some(id.as_str()) {
+            return Ok(None);
+        }
+        match self.registry.get(m) {
+            Ok((_, a)) if a.task() == task => Ok(Some(m.to_owned())),
+            Ok((_, a)) => Err(Error::WrongTask {
+                adapter: m.to_owned(),
+                has: a.task().to_string(),
+                needs: task.to_string(),
+            }),
+            Err(_) => {
+                let mut known = vec![format!("{id} (the backbone)")];
+                known.extend(
+                    self.registry
+                        .list()
+                        .into_iter()
+                        .filter(|i| i.task == task.to_string())
+                        .map(|i| i.name),
+                );
+                Err(Error::UnknownModel {
+                    name: m.to_owned(),
+                    known,
+                })
+            }
+        }
     }
 
     /// The one rerank adapter stored, for clients that name none (TEI's shape).

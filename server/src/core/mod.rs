@@ -36,6 +36,10 @@ pub struct Limits {
     /// Refuse longer inputs (413) instead of truncating them.
     pub reject_long_inputs: bool,
     pub max_inputs: usize,
+    /// Documents in one upsert (embedded in batches of `max_inputs`).
+    pub max_documents: usize,
+    /// The token budget of one inference batch (reported on `/info`).
+    pub max_batch_tokens: usize,
     pub body_limit: usize,
     pub adapter_body_limit: usize,
     pub max_in_flight: usize,
@@ -56,7 +60,9 @@ impl Default for Limits {
             max_length: aside_backbone::DEFAULT_MAX_LENGTH,
             reject_long_inputs: false,
             max_inputs: 256,
-            body_limit: 2 << 20,
+            max_documents: 10_000,
+            max_batch_tokens: 16_384,
+            body_limit: 32 << 20,
             adapter_body_limit: 256 << 20,
             max_in_flight: 512,
             request_timeout: Duration::from_secs(120),
@@ -129,6 +135,15 @@ impl Core {
             adapters: self.registry.list().len(),
             collections: self.index.list().len(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            model_id: self.model_id(),
+            model_sha: self.backbone.sha256().to_owned(),
+            model_dtype: "float32".into(),
+            model_type: serde_json::json!({"embedding": {
+                "pooling": self.backbone.pooling().pooling.to_string()}}),
+            max_concurrent_requests: self.limits.max_in_flight,
+            max_input_length: self.limits.max_length,
+            max_batch_tokens: self.limits.max_batch_tokens,
+            max_client_batch_size: self.limits.max_inputs,
         }
     }
 
@@ -177,11 +192,13 @@ impl Core {
         if !self.limits.reject_long_inputs {
             return Ok(());
         }
+        // Token-id inputs come through `embed_inputs`, which checks them itself.
         let inputs: Vec<aside_backbone::Input<'_>> = texts
             .iter()
-            .map(|t| match t {
-                Text::Single(a) => aside_backbone::Input::Single(a),
-                Text::Pair(a, b) => aside_backbone::Input::Pair(a, b),
+            .filter_map(|t| match t {
+                Text::Single(a) => Some(aside_backbone::Input::Single(a)),
+                Text::Pair(a, b) => Some(aside_backbone::Input::Pair(a, b)),
+                Text::Ids(_) => None,
             })
             .collect();
         let limit = self.limits.max_length;

@@ -386,6 +386,20 @@ pub struct Info {
     pub adapters: usize,
     pub collections: usize,
     pub uptime_seconds: u64,
+    // The fields text-embeddings-inference's clients read.
+    /// The backbone's id (its folder's name).
+    pub model_id: String,
+    /// = backbone_sha256.
+    pub model_sha: String,
+    /// float32 (weights and activations; int8 precisions quantise inside).
+    pub model_dtype: String,
+    /// `{"embedding": {"pooling": "mean"}}`.
+    #[schema(value_type = Object)]
+    pub model_type: serde_json::Value,
+    pub max_concurrent_requests: usize,
+    pub max_input_length: usize,
+    pub max_batch_tokens: usize,
+    pub max_client_batch_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -24,7 +24,7 @@ pub fn code(e: &Error) -> Code {
         Error::InvalidInput { .. } | Error::TooLarge { .. } | Error::WrongTask { .. } => {
             Code::InvalidArgument
         }
-        Error::NotFound { .. } => Code::NotFound,
+        Error::NotFound { .. } | Error::UnknownModel { .. } => Code::NotFound,
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::Conflict { .. } => Code::FailedPrecondition,
         Error::Unauthorized => Code::Unauthenticated,

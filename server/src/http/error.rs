@@ -13,7 +13,7 @@ pub fn status(e: &Error) -> StatusCode {
         Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
         Error::Unauthorized => StatusCode::UNAUTHORIZED,
         Error::Forbidden => StatusCode::FORBIDDEN,
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        Error::NotFound { .. } | Error::UnknownModel { .. } => StatusCode::NOT_FOUND,
         Error::AlreadyExists { .. } | Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::WrongTask { .. } => StatusCode::UNPROCESSABLE_ENTITY,

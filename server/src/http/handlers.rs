@@ -32,14 +32,42 @@ pub async fn embed(State(c): State<Shared>, ApiJson(r): ApiJson<EmbedRequest>) -
     Ok(with_adapter(Json(out), adapter.as_deref()))
 }
 
-/// Score texts against a query with a rerank adapter
-#[utoipa::path(post, path = "/v1/rerank", tag = "inference", request_body = RerankRequest,
-    responses((status = 200, description = "Scores, best first", body = RerankResponse),
+/// Score texts against a query with a rerank adapter: aside's shape (`texts`,
+/// `adapter`) or Cohere's and Jina's (`documents`, `model`, `top_n`, `return_documents`)
+#[utoipa::path(post, path = "/v1/rerank", tag = "inference",
+    request_body(content = RerankBody, description = "aside's shape, or Cohere's and Jina's (told apart by `documents`)"),
+    responses((status = 200, description = "Scores, best first: aside's shape (RerankResponse) or Cohere's (CohereRerankResponse)", body = RerankAnswer),
               (status = "4XX", description = "Invalid input, unknown adapter, wrong task", body = ErrorBody)))]
-pub async fn rerank(State(c): State<Shared>, ApiJson(r): ApiJson<RerankRequest>) -> R<Response> {
+pub async fn rerank(
+    State(c): State<Shared>,
+    ApiJson(v): ApiJson<serde_json::Value>,
+) -> R<Response> {
+    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> R<T> {
+        serde_json::from_value(v).map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))
+    }
+    if v.get("documents").is_some() {
+        return super::compat::cohere_rerank(c, parse(v)?).await;
+    }
+    let r: RerankRequest = parse(v)?;
     let adapter = r.adapter.clone();
     let out = c.rerank(r).await?;
     Ok(with_adapter(Json(out), Some(&adapter)))
+}
+
+/// The two request shapes `/v1/rerank` takes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum RerankBody {
+    Aside(RerankRequest),
+    Cohere(super::compat::CohereRerank),
+}
+
+/// The answer of `/v1/rerank`, in the shape of its request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum RerankAnswer {
+    Aside(RerankResponse),
+    Cohere(super::compat::CohereRerankResponse),
 }
 
 /// Reads a PEFT folder sent as multipart parts named `adapter_config.json` and

@@ -92,9 +92,14 @@ pub fn router(core: Shared) -> Router {
         .merge(upload)
         .route("/v1/embed", post(h::embed))
         .route("/v1/rerank", post(h::rerank))
+        .route("/v2/rerank", post(compat::rerank_v2))
+        .route("/", post(compat::tei_root))
         .route("/embed", post(compat::tei_embed))
         .route("/rerank", post(compat::tei_rerank))
+        .route("/tokenize", post(compat::tei_tokenize))
+        .route("/decode", post(compat::tei_decode))
         .route("/v1/embeddings", post(compat::openai_embeddings))
+        .route("/v1/models", get(compat::openai_models))
         .route("/v1/collections", get(h::list_collections))
         .route(
             "/v1/collections/{name}",

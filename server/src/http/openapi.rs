@@ -15,7 +15,8 @@ use crate::core::types::*;
     paths(
         handlers::list_adapters, handlers::put_adapter, handlers::get_adapter, handlers::delete_adapter,
         handlers::embed, handlers::rerank,
-        compat::tei_embed, compat::tei_rerank, compat::openai_embeddings,
+        compat::tei_root, compat::tei_embed, compat::tei_rerank, compat::tei_tokenize,
+        compat::tei_decode, compat::openai_embeddings, compat::openai_models, compat::rerank_v2,
         handlers::list_collections, handlers::create_collection, handlers::get_collection,
         handlers::delete_collection, handlers::upsert, handlers::get_document,
         handlers::delete_document, handlers::search,
@@ -26,7 +27,7 @@ use crate::core::types::*;
         (name = "inference", description = "Embedding and re-ranking"),
         (name = "adapters", description = "Upload, list, describe, delete adapters"),
         (name = "collections", description = "Collections, documents and search"),
-        (name = "compatible", description = "The request shapes of TEI and OpenAI clients"),
+        (name = "compatible", description = "The request shapes of TEI, OpenAI, Cohere and Jina clients"),
         (name = "server", description = "Health, readiness, metrics, facts"),
     )
 )]
