@@ -285,3 +285,30 @@ fn convert_writes_a_native_file_from_a_peft_folder() {
     ));
     assert_eq!(a, b, "the folder and its native conversion embed alike");
 }
+
+#[test]
+fn without_a_model_the_cli_says_once_how_to_pass_one() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "adapter",
+            "init",
+            "--kind",
+            "iaa-l",
+            "--r",
+            "4",
+            "--ar",
+            "4",
+            "-o",
+            "a.safetensors",
+        ])
+        .current_dir(elsewhere.path())
+        .env_remove("ASIDE_MODEL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("pass --model").count(), 1, "{err}");
+    assert_eq!(err.matches("fetch-model.sh").count(), 1, "{err}");
+    assert!(!elsewhere.path().join("a.safetensors").exists());
+}

@@ -98,13 +98,12 @@ pub fn run(cmd: AdapterCommand) -> anyhow::Result<()> {
     }
 }
 
-fn load_backbone(model: &Path) -> anyhow::Result<Backbone> {
-    Backbone::load(model, &LoadOptions::default())
-        .with_context(|| format!("loading model from {}", model.display()))
+fn load_backbone(model: &super::ModelArgs) -> anyhow::Result<Backbone> {
+    model.load(&LoadOptions::default())
 }
 
 fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&a.model.dir)?;
+    let backbone = load_backbone(&a.model)?;
     let adapter = load_adapter(&a.file, &backbone)?;
     let m = adapter.meta();
     let total = backbone.bert().parameter_count();
@@ -156,7 +155,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn convert(a: ConvertArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&a.model.dir)?;
+    let backbone = load_backbone(&a.model)?;
     let adapter = peft::convert_dir(&a.peft, &Dims::of(&backbone))
         .with_context(|| format!("PEFT adapter {}", a.peft.display()))?;
     let mut meta = adapter.meta().clone();
@@ -198,7 +197,7 @@ pub fn meta_from(
 }
 
 fn init(a: InitArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&a.model.dir)?;
+    let backbone = load_backbone(&a.model)?;
     let meta = meta_from(a.kind, a.task, &a.shape, &backbone)?;
     let dims = Dims::of(&backbone);
     let tensors = Adapter::init_tensors(

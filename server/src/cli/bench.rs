@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use aside_backbone::{Backbone, EncodeOptions, Input, LoadOptions};
+use aside_backbone::{EncodeOptions, Input, LoadOptions};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -60,13 +60,10 @@ pub fn read_corpus(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<(Stri
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let backbone = Backbone::load(
-        &a.model.dir,
-        &LoadOptions {
-            precision: a.precision,
-            ..Default::default()
-        },
-    )?;
+    let backbone = a.model.load(&LoadOptions {
+        precision: a.precision,
+        ..Default::default()
+    })?;
     let docs = read_corpus(&a.data.join("corpus.jsonl"), a.docs)?;
     let texts: Vec<&str> = docs.iter().map(|(_, t)| t.as_str()).collect();
     let opts = EncodeOptions {
@@ -105,8 +102,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.precision != aside_backbone::Precision::F32 && !last.is_empty() {
         drop(backbone);
-        let reference =
-            Backbone::load(&a.model.dir, &LoadOptions::default())?.embed(&texts, &opts)?;
+        let reference = a
+            .model
+            .load(&LoadOptions::default())?
+            .embed(&texts, &opts)?;
         let cos: Vec<f64> = last
             .iter()
             .zip(&reference)

@@ -54,7 +54,7 @@ fn time_encode(b: &Backbone, items: &[Item<'_>], opts: &EncodeOptions) -> anyhow
 }
 
 pub fn run(a: BenchAdaptersArgs) -> anyhow::Result<()> {
-    let b = Backbone::load(&a.model.dir, &LoadOptions::default())?;
+    let b = a.model.load(&LoadOptions::default())?;
     let docs = super::bench::read_corpus(&a.data.join("corpus.jsonl"), a.docs)?;
     let opts = EncodeOptions {
         max_length: a.max_length,

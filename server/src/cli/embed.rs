@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use aside_adapters::Task;
-use aside_backbone::{Backbone, EncodeOptions, Hooks, Input, Item, LoadOptions};
+use aside_backbone::{EncodeOptions, Hooks, Input, Item, LoadOptions};
 use clap::Args;
 use serde::Deserialize;
 
@@ -62,14 +62,10 @@ fn read_lines(input: impl BufRead) -> anyhow::Result<Vec<Line>> {
 
 pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     let lines = read_lines(std::io::stdin().lock())?;
-    let backbone = Backbone::load(
-        &a.model.dir,
-        &LoadOptions {
-            precision: a.precision,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("loading model from {}", a.model.dir.display()))?;
+    let backbone = a.model.load(&LoadOptions {
+        precision: a.precision,
+        ..Default::default()
+    })?;
     let opts = EncodeOptions {
         max_length: a.max_length,
         batch_size: a.batch_size,

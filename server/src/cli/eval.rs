@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use aside_adapters::Task;
-use aside_backbone::{Backbone, EncodeOptions, LoadOptions};
+use aside_backbone::{EncodeOptions, LoadOptions};
 use clap::Args;
 use rayon::prelude::*;
 
@@ -71,14 +71,10 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let b = Backbone::load(
-        &a.model.dir,
-        &LoadOptions {
-            precision: a.precision,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("loading model from {}", a.model.dir.display()))?;
+    let b = a.model.load(&LoadOptions {
+        precision: a.precision,
+        ..Default::default()
+    })?;
     let adapter = a
         .adapter
         .as_ref()

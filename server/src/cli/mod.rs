@@ -78,6 +78,33 @@ pub struct ModelArgs {
     pub dir: PathBuf,
 }
 
+impl ModelArgs {
+    /// Loads the backbone; a missing folder says how to name one.
+    pub fn load(
+        &self,
+        opts: &aside_backbone::LoadOptions,
+    ) -> anyhow::Result<aside_backbone::Backbone> {
+        let dir = &self.dir;
+        if !dir.join("config.json").is_file() {
+            let cwd = std::env::current_dir()
+                .map(|d| format!(" (relative to {})", d.display()))
+                .unwrap_or_default();
+            let shown = if dir.is_relative() {
+                format!("{}{cwd}", dir.display())
+            } else {
+                dir.display().to_string()
+            };
+            anyhow::bail!(
+                "no model folder at {shown}: pass --model DIR (or set ASIDE_MODEL) to a folder with config.json, tokenizer.json and model.safetensors; in the checkout, scripts/fetch-model.sh fetches the default model to {}",
+                default_model_dir().display()
+            );
+        }
+        aside_backbone::Backbone::load(dir, opts)
+            .map_err(anyhow::Error::msg)
+            .map_err(|e| e.context(format!("loading model from {}", dir.display())))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Corpus encoding throughput (docs/s, tokens/s).

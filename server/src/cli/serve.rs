@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aside_adapters::{Dims, Registry, RegistryOptions};
-use aside_backbone::{Backbone, LoadOptions};
+use aside_backbone::LoadOptions;
 use aside_index::Index;
 use clap::Args;
 
@@ -111,16 +111,10 @@ pub struct ServeArgs {
 /// Everything `serve` builds before listening (tests build the same).
 pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     let t0 = Instant::now();
-    let backbone = Arc::new(
-        Backbone::load(
-            &a.model.dir,
-            &LoadOptions {
-                device: parse_device(&a.device)?,
-                precision: a.precision,
-            },
-        )
-        .with_context(|| format!("loading model from {}", a.model.dir.display()))?,
-    );
+    let backbone = Arc::new(a.model.load(&LoadOptions {
+        device: parse_device(&a.device)?,
+        precision: a.precision,
+    })?);
     let registry = Registry::open(
         &a.data_dir.join("adapters"),
         Dims::of(&backbone),

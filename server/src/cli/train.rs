@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use aside_adapters::{Kind, Task};
-use aside_backbone::{Backbone, LoadOptions};
+use aside_backbone::LoadOptions;
 use aside_trainer::{EpochLog, Outcome, Progress, StepLog, Target, TrainConfig, TrainSet, Trainer};
 use clap::Args;
 
@@ -159,8 +159,7 @@ fn clock(s: f64) -> String {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let backbone = Backbone::load(&a.model.dir, &LoadOptions::default())
-        .with_context(|| format!("loading model from {}", a.model.dir.display()))?;
+    let backbone = a.model.load(&LoadOptions::default())?;
     let target = if a.kind == "full" {
         Target::Full
     } else {

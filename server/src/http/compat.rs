@@ -187,12 +187,96 @@ pub async fn tei_embed(State(c): State<Shared>, ApiJson(r): ApiJson<TeiEmbed>) -
     Ok(with_adapter(Json(out.vectors), r.adapter.as_deref()))
 }
 
-/// TEI's root route: embeddings, as TEI serves for an embedding model
-#[utoipa::path(post, path = "/", tag = "compatible", request_body = TeiEmbed,
-    responses((status = 200, description = "One vector per input (TEI's shape)", body = Vec<Vec<f32>>),
+/// The pair Hugging Face's `sentence_similarity` sends.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarityInputs {
+    source_sentence: String,
+    sentences: Vec<String>,
+}
+
+/// TEI's similarity request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiSimilarity {
+    inputs: SimilarityInputs,
+    /// Extension: a retrieval adapter's name.
+    #[serde(default)]
+    adapter: Option<String>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<Direction>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    prompt_name: Option<Value>,
+    /// Hugging Face's generic task parameters: only an empty object is taken.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<Value>,
+}
+
+/// What `POST /` takes: an embed request, or a similarity request.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum RootBody {
+    Embed(TeiEmbed),
+    Similarity(TeiSimilarity),
+}
+
+/// TEI's root route, as TEI serves it for an embedding model: embeddings for
+/// `inputs` of text, similarities for `inputs: {source_sentence, sentences}`
+/// (Hugging Face's `InferenceClient(base_url=...)` posts both here)
+#[utoipa::path(post, path = "/", tag = "compatible", request_body = RootBody,
+    responses((status = 200, description = "One vector per input, or one cosine similarity per sentence", body = Vec<Vec<f32>>),
               (status = "4XX", description = "Invalid input, unknown adapter", body = ErrorBody)))]
-pub async fn tei_root(state: State<Shared>, body: ApiJson<TeiEmbed>) -> R {
-    tei_embed(state, body).await
+pub async fn tei_root(State(c): State<Shared>, ApiJson(v): ApiJson<Value>) -> R {
+    let parse = |v: Value| {
+        serde_json::from_value(v).map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))
+    };
+    if v.get("inputs").is_some_and(Value::is_object) {
+        return similarity(c, parse(v)?).await;
+    }
+    let r: TeiEmbed = serde_json::from_value(v)
+        .map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))?;
+    tei_embed(State(c), ApiJson(r)).await
+}
+
+/// TEI-compatible similarity: the cosine of the source sentence with each sentence
+#[utoipa::path(post, path = "/similarity", tag = "compatible", request_body = TeiSimilarity,
+    responses((status = 200, description = "One cosine similarity per sentence", body = Vec<f32>),
+              (status = "4XX", description = "Invalid input, unknown adapter", body = ErrorBody)))]
+pub async fn tei_similarity(State(c): State<Shared>, ApiJson(r): ApiJson<TeiSimilarity>) -> R {
+    similarity(c, r).await
+}
+
+async fn similarity(c: Shared, r: TeiSimilarity) -> R {
+    no_prompts(&r.prompt_name)?;
+    if let Some(Value::Object(p)) = &r.parameters {
+        if let Some(k) = p.keys().next() {
+            return Err(Error::invalid(
+                format!("parameters.{k}"),
+                "not supported for sentence similarity",
+            ));
+        }
+    }
+    if r.inputs.sentences.is_empty() {
+        return Err(Error::invalid("inputs.sentences", "must not be empty"));
+    }
+    let opts = EmbedOptions {
+        normalize: Some(true),
+        reject_long: r.truncate == Some(false),
+        truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
+    };
+    let mut texts = vec![EmbedInput::Text(r.inputs.source_sentence)];
+    texts.extend(r.inputs.sentences.into_iter().map(EmbedInput::Text));
+    let out = c.embed_inputs(texts, r.adapter.as_deref(), opts).await?;
+    let (source, rest) = out.vectors.split_first().expect("the source sentence");
+    let scores: Vec<f32> = rest
+        .iter()
+        .map(|v| v.iter().zip(source).map(|(a, b)| a * b).sum())
+        .collect();
+    Ok(with_adapter(Json(scores), r.adapter.as_deref()))
 }
 
 /// TEI's rerank request.
@@ -425,14 +509,61 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// OpenAI-compatible embeddings (model = the backbone's id, `base`, or an adapter name)
+/// OpenAI's error body: OpenAI's clients show `error.message`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiError {
+    error: OpenAiErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    message: String,
+    /// The kind, as in aside's own `{error, type}`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The field at fault, when one is.
+    param: Option<String>,
+    code: Option<String>,
+}
+
+fn openai_error(e: Error) -> Response {
+    let status = super::error::status(&e);
+    let param = match &e {
+        Error::InvalidInput { field, .. } if !field.is_empty() => Some(field.clone()),
+        Error::UnknownModel { .. } => Some("model".to_owned()),
+        _ => None,
+    };
+    if let Error::Internal(detail) = &e {
+        tracing::error!(%detail, "internal error");
+    }
+    let body = OpenAiError {
+        error: OpenAiErrorDetail {
+            message: e.message(),
+            kind: e.kind().to_owned(),
+            param,
+            code: None,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// OpenAI-compatible embeddings (model = the backbone's id, `base`, or an adapter
+/// name); errors in OpenAI's shape `{error: {message, type, param, code}}`
 #[utoipa::path(post, path = "/v1/embeddings", tag = "compatible", request_body = OpenAiEmbeddings,
     responses((status = 200, description = "OpenAI's shape", body = OpenAiEmbeddingList),
-              (status = "4XX", description = "Invalid input, unknown model (404 lists the models)", body = ErrorBody)))]
+              (status = "4XX", description = "Invalid input, unknown model (404 lists the models)", body = OpenAiError)))]
 pub async fn openai_embeddings(
     State(c): State<Shared>,
-    ApiJson(r): ApiJson<OpenAiEmbeddings>,
-) -> R {
+    body: Result<ApiJson<OpenAiEmbeddings>, Error>,
+) -> Response {
+    let r = match body {
+        Ok(ApiJson(r)) => r,
+        Err(e) => return openai_error(e),
+    };
+    openai_embed(c, r).await.unwrap_or_else(openai_error)
+}
+
+async fn openai_embed(c: Shared, r: OpenAiEmbeddings) -> R {
     let b64 = match r.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

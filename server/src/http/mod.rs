@@ -96,6 +96,7 @@ pub fn router(core: Shared) -> Router {
         .route("/", post(compat::tei_root))
         .route("/embed", post(compat::tei_embed))
         .route("/rerank", post(compat::tei_rerank))
+        .route("/similarity", post(compat::tei_similarity))
         .route("/tokenize", post(compat::tei_tokenize))
         .route("/decode", post(compat::tei_decode))
         .route("/v1/embeddings", post(compat::openai_embeddings))
