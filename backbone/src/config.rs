@@ -115,6 +115,9 @@ pub enum Pooling {
     Cls,
     /// The mean of the real (unpadded) tokens' vectors.
     Mean,
+    /// Not pooled: every real token's vector, laid end to end (`tokens × hidden`
+    /// values). Asked for by a request, never named in a model folder.
+    Tokens,
 }
 
 impl std::str::FromStr for Pooling {
@@ -135,6 +138,7 @@ impl std::fmt::Display for Pooling {
         f.write_str(match self {
             Pooling::Cls => "cls",
             Pooling::Mean => "mean",
+            Pooling::Tokens => "tokens",
         })
     }
 }

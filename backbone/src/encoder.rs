@@ -259,11 +259,31 @@ impl Backbone {
         };
         let mean = pooled(Pooling::Mean)?;
         let cls = pooled(Pooling::Cls)?;
+        let tokens = if need(Pooling::Tokens) {
+            Some(h.to_dtype(candle_core::DType::F32)?.to_vec3::<f32>()?)
+        } else {
+            None
+        };
         let mut out = Vec::with_capacity(rows.len());
         for (r, &i) in rows.iter().enumerate() {
+            if items[i].pooling == Pooling::Tokens {
+                // Every real token of row r, each normalised on its own if asked.
+                let rows_of = &tokens.as_ref().expect("token vectors")[r];
+                let mut v = Vec::new();
+                for t in rows_of.iter().take(encoded[i].ids.len()) {
+                    let mut t = t.clone();
+                    if items[i].normalize {
+                        l2_normalize_vec(&mut t);
+                    }
+                    v.extend_from_slice(&t);
+                }
+                out.push(v);
+                continue;
+            }
             let src = match items[i].pooling {
                 Pooling::Mean => mean.as_ref(),
                 Pooling::Cls => cls.as_ref(),
+                Pooling::Tokens => unreachable!("handled above"),
             };
             let mut v = src.expect("pooled")[r].clone();
             if items[i].normalize {

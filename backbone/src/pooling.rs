@@ -9,6 +9,8 @@ use crate::config::Pooling;
 pub fn pool(h: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
     match pooling {
         Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1),
+        // Token vectors are not pooled; the encoder lays them out itself.
+        Pooling::Tokens => Ok(h.clone()),
         Pooling::Mean => {
             let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
             let sum = h.broadcast_mul(&m)?.sum(1)?;

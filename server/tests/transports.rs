@@ -1015,6 +1015,71 @@ fn the_openapi_document_matches_real_answers_of_every_route() {
         call("POST", "/v1/embeddings", "/v1/embeddings", Some(oa), None),
         200
     );
+    let oa = json!({"input": [[5, 6, 7]], "encoding_format": "base64"});
+    assert_eq!(
+        call("POST", "/v1/embeddings", "/v1/embeddings", Some(oa), None),
+        200
+    );
+    assert_eq!(call("GET", "/v1/models", "/v1/models", None, None), 200);
+    assert_eq!(
+        call("POST", "/", "/", Some(json!({"inputs": ["x"]})), None),
+        200
+    );
+    let sim = json!({"inputs": {"source_sentence": "a cell", "sentences": ["cells", "stocks"]}});
+    assert_eq!(call("POST", "/", "/", Some(sim.clone()), None), 200);
+    assert_eq!(
+        call("POST", "/similarity", "/similarity", Some(sim), None),
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/embed_all",
+            "/embed_all",
+            Some(json!({"inputs": "a cell"})),
+            None
+        ),
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/tokenize",
+            "/tokenize",
+            Some(json!({"inputs": ["a cell"]})),
+            None
+        ),
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/decode",
+            "/decode",
+            Some(json!({"ids": [5, 6]})),
+            None
+        ),
+        200
+    );
+    let co = json!({"model": "rr", "query": "cell", "documents": ["a cell", {"text": "stocks"}], "top_n": 1, "return_documents": true});
+    assert_eq!(
+        call("POST", "/v1/rerank", "/v1/rerank", Some(co.clone()), None),
+        200
+    );
+    assert_eq!(
+        call("POST", "/v2/rerank", "/v2/rerank", Some(co), None),
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/embeddings",
+            "/v1/embeddings",
+            Some(json!({"input": "x", "model": "nope"})),
+            None
+        ),
+        404
+    );
     let create = json!({"adapter": "ret", "metric": "dot", "hnsw": {"m": 8}});
     assert_eq!(
         call(

@@ -25,6 +25,8 @@ pub struct EmbedOptions {
     pub reject_long: bool,
     /// Truncate from the start of an input instead of its end.
     pub truncate_left: bool,
+    /// Every token's vector (laid end to end) instead of one pooled vector.
+    pub all_tokens: bool,
 }
 
 /// Vectors, the adapter version that made them, and the tokens they cost.
@@ -155,6 +157,9 @@ impl Core {
         };
         if let Some(n) = opts.normalize {
             pooling.normalize = n;
+        }
+        if opts.all_tokens {
+            pooling.pooling = aside_backbone::Pooling::Tokens;
         }
         let texts = inputs
             .into_iter()

@@ -181,6 +181,7 @@ pub async fn tei_embed(State(c): State<Shared>, ApiJson(r): ApiJson<TeiEmbed>) -
         normalize: Some(r.normalize.unwrap_or(true)),
         reject_long: r.truncate == Some(false),
         truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
+        all_tokens: false,
     };
     let inputs = r.inputs.0.into_iter().map(EmbedInput::Text).collect();
     let out = c.embed_inputs(inputs, r.adapter.as_deref(), opts).await?;
@@ -217,18 +218,28 @@ pub struct TeiSimilarity {
 }
 
 /// What `POST /` takes: an embed request, or a similarity request.
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
 pub enum RootBody {
     Embed(TeiEmbed),
     Similarity(TeiSimilarity),
 }
 
+/// What `POST /` answers: vectors for an embed request, scores for a similarity one.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum RootAnswer {
+    Vectors(Vec<Vec<f32>>),
+    Scores(Vec<f32>),
+}
+
 /// TEI's root route, as TEI serves it for an embedding model: embeddings for
 /// `inputs` of text, similarities for `inputs: {source_sentence, sentences}`
 /// (Hugging Face's `InferenceClient(base_url=...)` posts both here)
 #[utoipa::path(post, path = "/", tag = "compatible", request_body = RootBody,
-    responses((status = 200, description = "One vector per input, or one cosine similarity per sentence", body = Vec<Vec<f32>>),
+    responses((status = 200, description = "One vector per input, or one cosine similarity per sentence", body = RootAnswer),
               (status = "4XX", description = "Invalid input, unknown adapter", body = ErrorBody)))]
 pub async fn tei_root(State(c): State<Shared>, ApiJson(v): ApiJson<Value>) -> R {
     let parse = |v: Value| {
@@ -267,6 +278,7 @@ async fn similarity(c: Shared, r: TeiSimilarity) -> R {
         normalize: Some(true),
         reject_long: r.truncate == Some(false),
         truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
+        all_tokens: false,
     };
     let mut texts = vec![EmbedInput::Text(r.inputs.source_sentence)];
     texts.extend(r.inputs.sentences.into_iter().map(EmbedInput::Text));
@@ -277,6 +289,48 @@ async fn similarity(c: Shared, r: TeiSimilarity) -> R {
         .map(|v| v.iter().zip(source).map(|(a, b)| a * b).sum())
         .collect();
     Ok(with_adapter(Json(scores), r.adapter.as_deref()))
+}
+
+/// TEI's embed_all request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiEmbedAll {
+    #[schema(value_type = StringOrList)]
+    inputs: OneOrMany,
+    /// Extension: a retrieval adapter's name.
+    #[serde(default)]
+    adapter: Option<String>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<Direction>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    prompt_name: Option<Value>,
+}
+
+/// TEI-compatible embed_all: every token's vector (special tokens included), not
+/// pooled or normalised
+#[utoipa::path(post, path = "/embed_all", tag = "compatible", request_body = TeiEmbedAll,
+    responses((status = 200, description = "For each input, one vector per token", body = Vec<Vec<Vec<f32>>>),
+              (status = "4XX", description = "Invalid input, unknown adapter, too long with truncate false", body = ErrorBody)))]
+pub async fn tei_embed_all(State(c): State<Shared>, ApiJson(r): ApiJson<TeiEmbedAll>) -> R {
+    no_prompts(&r.prompt_name)?;
+    let opts = EmbedOptions {
+        normalize: Some(false),
+        reject_long: r.truncate == Some(false),
+        truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
+        all_tokens: true,
+    };
+    let inputs = r.inputs.0.into_iter().map(EmbedInput::Text).collect();
+    let out = c.embed_inputs(inputs, r.adapter.as_deref(), opts).await?;
+    let d = c.backbone.hidden_size();
+    let per_token: Vec<Vec<Vec<f32>>> = out
+        .vectors
+        .into_iter()
+        .map(|flat| flat.chunks(d).map(<[f32]>::to_vec).collect())
+        .collect();
+    Ok(with_adapter(Json(per_token), r.adapter.as_deref()))
 }
 
 /// TEI's rerank request.

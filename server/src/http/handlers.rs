@@ -55,7 +55,8 @@ pub async fn rerank(
 }
 
 /// The two request shapes `/v1/rerank` takes.
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
 pub enum RerankBody {
     Aside(RerankRequest),
@@ -63,7 +64,8 @@ pub enum RerankBody {
 }
 
 /// The answer of `/v1/rerank`, in the shape of its request.
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
 pub enum RerankAnswer {
     Aside(RerankResponse),

@@ -95,6 +95,7 @@ pub fn router(core: Shared) -> Router {
         .route("/v2/rerank", post(compat::rerank_v2))
         .route("/", post(compat::tei_root))
         .route("/embed", post(compat::tei_embed))
+        .route("/embed_all", post(compat::tei_embed_all))
         .route("/rerank", post(compat::tei_rerank))
         .route("/similarity", post(compat::tei_similarity))
         .route("/tokenize", post(compat::tei_tokenize))

@@ -15,7 +15,7 @@ use crate::core::types::*;
     paths(
         handlers::list_adapters, handlers::put_adapter, handlers::get_adapter, handlers::delete_adapter,
         handlers::embed, handlers::rerank,
-        compat::tei_root, compat::tei_embed, compat::tei_similarity, compat::tei_rerank, compat::tei_tokenize,
+        compat::tei_root, compat::tei_embed, compat::tei_embed_all, compat::tei_similarity, compat::tei_rerank, compat::tei_tokenize,
         compat::tei_decode, compat::openai_embeddings, compat::openai_models, compat::rerank_v2,
         handlers::list_collections, handlers::create_collection, handlers::get_collection,
         handlers::delete_collection, handlers::upsert, handlers::get_document,

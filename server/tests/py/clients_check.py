@@ -12,6 +12,7 @@ import json
 import math
 import struct
 import sys
+import urllib.error
 import urllib.request
 
 URL, ADAPTER, RERANKER, MODEL = sys.argv[1:5]
@@ -177,7 +178,58 @@ def check_llama_index():
     ok("llama-index-embeddings-openai: text and query embeddings with an adapter")
 
 
+def expect_error(path, body, status, text):
+    try:
+        post(path, body)
+    except urllib.error.HTTPError as e:
+        msg = e.read().decode()
+        assert e.code == status and text in msg, (e.code, msg)
+    else:
+        raise AssertionError(f"{path} {body} was accepted")
+
+
+def check_tei_routes():
+    text = "The weather is lovely today."
+    want = own_embed([text])[0]
+    # embed_all: one vector per token; their mean, normalised, is the embedding
+    # (the model pools by mean).
+    toks = post("/embed_all", {"inputs": text})[0]
+    ids = post("/tokenize", {"inputs": text})[0]
+    assert len(toks) == len(ids), (len(toks), len(ids))
+    mean = [sum(t[i] for t in toks) / len(toks) for i in range(len(toks[0]))]
+    norm = math.sqrt(sum(x * x for x in mean))
+    close([x / norm for x in mean], want)
+    ok("tei: embed_all (mean of the token vectors is the embedding)")
+    assert ids[0]["special"] and ids[-1]["special"] and not ids[1]["special"]
+    assert text[ids[1]["start"]:ids[1]["stop"]].lower() == ids[1]["text"]
+    back = post("/decode", {"ids": [t["id"] for t in ids]})[0]
+    assert back == text.lower(), back
+    ok("tei: tokenize and decode round trip")
+    info = json.loads(urllib.request.urlopen(URL + "/info").read())
+    for k in ["model_id", "model_sha", "model_dtype", "model_type", "max_concurrent_requests",
+              "max_input_length", "max_batch_tokens", "max_client_batch_size", "version"]:
+        assert k in info, k
+    assert info["model_id"] == MODEL and info["max_input_length"] == 256
+    ok("tei: /info fields")
+    docs = ["A cell divides.", "Stocks fell."]
+    raw = post("/rerank", {"query": "cells", "texts": docs, "adapter": RERANKER, "raw_scores": True})
+    prob = post("/rerank", {"query": "cells", "texts": docs, "adapter": RERANKER, "return_text": True})
+    for r, p in zip(raw, prob):
+        assert r["index"] == p["index"] and abs(1 / (1 + math.exp(-r["score"])) - p["score"]) < 1e-6
+        assert p["text"] == docs[p["index"]]
+    ok("tei: rerank raw_scores and return_text")
+    expect_error("/embed", {"inputs": text, "prompt_name": "query"}, 400, "prompt_name")
+    expect_error("/embed", {"inputs": text, "normalise": True}, 400, "normalise")
+    ok("tei: prompt_name and unknown fields refused by name")
+    # A client batch over --max-inputs (256) is split inside, written as one.
+    many = [{"id": f"d{i}", "text": f"document number {i}"} for i in range(600)]
+    req = urllib.request.Request(URL + "/v1/collections/big", b"", method="PUT")
+    urllib.request.urlopen(req).read()
+    assert post("/v1/collections/big/documents", {"documents": many})["upserted"] == 600
+    ok("upsert: 600 documents in one request")
+
+
 if __name__ == "__main__":
-    for check in [check_openai, check_huggingface, check_cohere, check_langchain, check_llama_index]:
+    for check in [check_tei_routes, check_openai, check_huggingface, check_cohere, check_langchain, check_llama_index]:
         check()
     print("all client checks passed")
