@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The test suite's Python: a virtualenv at .venv/ (or $ASIDE_VENV) with the pinned
-# packages of scripts/test-requirements.txt. Idempotent: reinstalls only when the
-# requirements change. Prints the interpreter's path as its last line.
+# packages of scripts/test-requirements.txt and aside's own client
+# (clients/python, installed with pip as a user would). Idempotent: reinstalls only
+# when the requirements or the client change. Prints the interpreter's path as its
+# last line.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${ASIDE_VENV:-$root/.venv}"
 req="$root/scripts/test-requirements.txt"
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$( (cat "$req"; find "$root/clients/python" -type f -not -path '*/build/*' -not -name '*.pyc' -not -path '*.egg-info*' | sort | xargs cat) | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "setting up the test virtualenv at $venv ..." >&2
   if ! python3 -m venv "$venv" >&2; then
@@ -21,6 +23,7 @@ if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; th
     fi
   fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$root/clients/python" >&2
   echo "$want" >"$stamp"
 fi
 echo "$venv/bin/python"

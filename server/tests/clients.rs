@@ -46,3 +46,49 @@ fn openai_huggingface_cohere_langchain_and_llama_index_clients_work() {
     assert!(out.contains("all client checks passed"), "{out}");
     s.stop();
 }
+
+#[test]
+fn the_aside_python_client_drives_every_operation() {
+    use aside_adapters::testing::test_metas;
+    let Some(python) = common::python() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    aside_backbone::testing::TinyBert::default()
+        .write(&d.path().join("model"))
+        .unwrap();
+    let b = Backbone::load(&d.path().join("model"), &LoadOptions::default()).unwrap();
+    let metas = test_metas(b.sha256());
+    let find = |l: &str| metas.iter().find(|(x, _)| *x == l).unwrap().1.clone();
+    for (label, file) in [
+        ("iaa-l", "ret.safetensors"),
+        ("rerank-iaa-l", "rr.safetensors"),
+    ] {
+        let bytes =
+            format::write_adapter(&random_adapter(&find(label), &Dims::of(&b), b.bert(), 4))
+                .unwrap();
+        std::fs::write(d.path().join(file), bytes).unwrap();
+    }
+    let peft = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../adapters/tests/fixtures/peft/query-value"
+    );
+    let s = Server::start(
+        &d.path().join("model"),
+        &d.path().join("data"),
+        &["--max-length", "64"],
+    );
+    let out = common::run_python(
+        &python,
+        "aside_client_check.py",
+        &[
+            &format!("http://{}", s.addr),
+            d.path().join("ret.safetensors").to_str().unwrap(),
+            d.path().join("rr.safetensors").to_str().unwrap(),
+            peft,
+        ],
+    );
+    eprintln!("{out}");
+    assert!(out.contains("aside-client checks passed"), "{out}");
+    s.stop();
+}
