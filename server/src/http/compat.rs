@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::handlers::with_adapter;
-use super::json::ApiJson;
+use super::json::{from_value, ApiJson};
 use crate::core::inference::{sigmoid, EmbedInput, EmbedOptions};
 use crate::core::types::{ErrorBody, RerankRequest};
 use crate::core::{Error, Shared};
@@ -144,6 +144,16 @@ pub struct TeiEmbed {
     dimensions: Option<usize>,
 }
 
+/// TEI's truncation fields as embedding options (normalised, pooled).
+fn tei_options(truncate: Option<bool>, direction: Option<Direction>) -> EmbedOptions {
+    EmbedOptions {
+        normalize: Some(true),
+        reject_long: truncate == Some(false),
+        truncate_left: matches!(direction, Some(Direction::Left)),
+        all_tokens: false,
+    }
+}
+
 fn no_prompts(p: &Option<Value>) -> Result<(), Error> {
     match p {
         None | Some(Value::Null) => Ok(()),
@@ -179,9 +189,7 @@ pub async fn tei_embed(State(c): State<Shared>, ApiJson(r): ApiJson<TeiEmbed>) -
     check_dimensions(&c, "dimensions", r.dimensions)?;
     let opts = EmbedOptions {
         normalize: Some(r.normalize.unwrap_or(true)),
-        reject_long: r.truncate == Some(false),
-        truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
-        all_tokens: false,
+        ..tei_options(r.truncate, r.truncation_direction)
     };
     let inputs = r.inputs.0.into_iter().map(EmbedInput::Text).collect();
     let out = c.embed_inputs(inputs, r.adapter.as_deref(), opts).await?;
@@ -242,14 +250,10 @@ pub enum RootAnswer {
     responses((status = 200, description = "One vector per input, or one cosine similarity per sentence", body = RootAnswer),
               (status = "4XX", description = "Invalid input, unknown adapter", body = ErrorBody)))]
 pub async fn tei_root(State(c): State<Shared>, ApiJson(v): ApiJson<Value>) -> R {
-    let parse = |v: Value| {
-        serde_json::from_value(v).map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))
-    };
     if v.get("inputs").is_some_and(Value::is_object) {
-        return similarity(c, parse(v)?).await;
+        return similarity(c, from_value(v)?).await;
     }
-    let r: TeiEmbed = serde_json::from_value(v)
-        .map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))?;
+    let r: TeiEmbed = from_value(v)?;
     tei_embed(State(c), ApiJson(r)).await
 }
 
@@ -274,12 +278,7 @@ async fn similarity(c: Shared, r: TeiSimilarity) -> R {
     if r.inputs.sentences.is_empty() {
         return Err(Error::invalid("inputs.sentences", "must not be empty"));
     }
-    let opts = EmbedOptions {
-        normalize: Some(true),
-        reject_long: r.truncate == Some(false),
-        truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
-        all_tokens: false,
-    };
+    let opts = tei_options(r.truncate, r.truncation_direction);
     let mut texts = vec![EmbedInput::Text(r.inputs.source_sentence)];
     texts.extend(r.inputs.sentences.into_iter().map(EmbedInput::Text));
     let out = c.embed_inputs(texts, r.adapter.as_deref(), opts).await?;
@@ -318,9 +317,8 @@ pub async fn tei_embed_all(State(c): State<Shared>, ApiJson(r): ApiJson<TeiEmbed
     no_prompts(&r.prompt_name)?;
     let opts = EmbedOptions {
         normalize: Some(false),
-        reject_long: r.truncate == Some(false),
-        truncate_left: matches!(r.truncation_direction, Some(Direction::Left)),
         all_tokens: true,
+        ..tei_options(r.truncate, r.truncation_direction)
     };
     let inputs = r.inputs.0.into_iter().map(EmbedInput::Text).collect();
     let out = c.embed_inputs(inputs, r.adapter.as_deref(), opts).await?;

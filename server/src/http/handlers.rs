@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::json::{optional_body, ApiJson};
+use super::json::{from_value, optional_body, ApiJson};
 use crate::core::types::*;
 use crate::core::{Error, Shared};
 
@@ -42,13 +42,10 @@ pub async fn rerank(
     State(c): State<Shared>,
     ApiJson(v): ApiJson<serde_json::Value>,
 ) -> R<Response> {
-    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> R<T> {
-        serde_json::from_value(v).map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))
-    }
     if v.get("documents").is_some() {
-        return super::compat::cohere_rerank(c, parse(v)?).await;
+        return super::compat::cohere_rerank(c, from_value(v)?).await;
     }
-    let r: RerankRequest = parse(v)?;
+    let r: RerankRequest = from_value(v)?;
     let adapter = r.adapter.clone();
     let out = c.rerank(r).await?;
     Ok(with_adapter(Json(out), Some(&adapter)))

@@ -38,3 +38,8 @@ pub fn optional_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Er
     }
     serde_json::from_slice(body).map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))
 }
+
+/// A JSON value read as `T`, with the same message as a body that does not fit.
+pub fn from_value<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, Error> {
+    serde_json::from_value(v).map_err(|e| Error::invalid("", format!("invalid JSON body: {e}")))
+}
