@@ -67,7 +67,7 @@ pub struct ServeArgs {
     pub request_timeout: u64,
     /// Seconds a client has to send a request's headers; also the longest an HTTP
     /// connection stays open idle between requests.
-    #[arg(long, env = "ASIDE_HEADER_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "ASIDE_HEADER_TIMEOUT", default_value_t = 30)]
     pub header_timeout: u64,
     /// Seconds a client has to send a request's body (408 after that); the body is
     /// read before the request counts against --max-in-flight.

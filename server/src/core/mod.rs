@@ -66,7 +66,7 @@ impl Default for Limits {
             adapter_body_limit: 256 << 20,
             max_in_flight: 512,
             request_timeout: Duration::from_secs(120),
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(120),
             admin_key: None,
             read_key: None,
