@@ -9,9 +9,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadName(pub String);
 
-/// The rule, in words, for error messages.
-pub const NAME_RULE: &str = "use 1-64 letters, digits, '.', '_' or '-', not starting with '.'";
-
 /// Checks a name: 1-64 of `[A-Za-z0-9._-]`, not starting with `.` (names become
 /// folder names, and `.` marks staging and temporary entries).
 pub fn check_name(name: &str) -> Result<(), BadName> {

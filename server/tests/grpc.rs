@@ -15,7 +15,6 @@ use pb::collections_client::CollectionsClient;
 use pb::inference_client::InferenceClient;
 use pb::info_client::InfoClient;
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic::Code;
 
 struct Fx {
@@ -39,14 +38,6 @@ fn adapter_bytes(b: &Backbone, label: &str) -> Vec<u8> {
         .unwrap()
         .1;
     format::write_adapter(&random_adapter(&meta, &Dims::of(b), b.bert(), 9)).unwrap()
-}
-
-async fn channel(s: &common::Server) -> Channel {
-    Channel::from_shared(format!("http://{}", s.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 fn chunks(name: &str, bytes: &[u8]) -> Vec<pb::AdapterChunk> {
@@ -85,7 +76,7 @@ fn start(f: &Fx, extra: &[&str]) -> common::Server {
 async fn every_rpc_round_trips() {
     let f = fx();
     let server = start(&f, &[]);
-    let ch = channel(&server).await;
+    let ch = common::grpc_channel(&server).await;
     let mut adapters = AdaptersClient::new(ch.clone());
     let mut inference = InferenceClient::new(ch.clone());
     let mut collections = CollectionsClient::new(ch.clone());
@@ -354,7 +345,7 @@ async fn every_rpc_round_trips() {
 async fn bad_requests_get_mapped_status_codes() {
     let f = fx();
     let server = start(&f, &["--admin-key", "adm", "--read-key", "rd"]);
-    let ch = channel(&server).await;
+    let ch = common::grpc_channel(&server).await;
     let mut adapters = AdaptersClient::new(ch.clone());
     let mut inference = InferenceClient::new(ch.clone());
     let mut collections = CollectionsClient::new(ch.clone());

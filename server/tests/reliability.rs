@@ -274,11 +274,7 @@ async fn a_grpc_upload_without_a_key_is_refused_before_its_stream_is_read() {
         &d.path().join("data"),
         &["--max-length", "64", "--admin-key", "adm"],
     );
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", s.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = common::grpc_channel(&s).await;
     let mut client = pb::adapters_client::AdaptersClient::new(ch);
     // A stream that never ends: only a refusal before reading it can answer.
     let endless = tokio_stream::StreamExt::throttle(
@@ -434,11 +430,7 @@ async fn a_nan_fuse_over_grpc_is_refused_as_over_http() {
     s.raw("PUT", "/v1/adapters/ret", &[], Some(&retrieval));
     s.raw("PUT", "/v1/adapters/rr", &[], Some(&rerank));
     s.call("PUT", "/v1/collections/c", Some(&json!({"adapter": "ret"})));
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", s.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = common::grpc_channel(&s).await;
     let mut client = pb::collections_client::CollectionsClient::new(ch);
     for fuse in [f32::NAN, f32::INFINITY, -1.0] {
         let e = client

@@ -18,7 +18,6 @@ use pb::adapters_client::AdaptersClient;
 use pb::collections_client::CollectionsClient;
 use pb::inference_client::InferenceClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 use tonic::Code;
 
 struct Fx {
@@ -53,14 +52,6 @@ fn start(f: &Fx, extra: &[&str]) -> Server {
         &f.dir.path().join("data"),
         &args,
     )
-}
-
-async fn channel(s: &Server) -> Channel {
-    Channel::from_shared(format!("http://{}", s.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -137,7 +128,7 @@ fn http_search(r: &pb::SearchRequest) -> Value {
 async fn the_same_scenarios_give_equal_results_over_both() {
     let f = fx();
     let s = start(&f, &[]);
-    let ch = channel(&s).await;
+    let ch = common::grpc_channel(&s).await;
     let mut inference = InferenceClient::new(ch.clone());
     let mut collections = CollectionsClient::new(ch.clone());
     let mut adapters = AdaptersClient::new(ch.clone());
@@ -468,7 +459,7 @@ fn check(case: &Case, http: (u16, Value), grpc: tonic::Status, same_message: boo
 async fn errors_map_to_the_documented_status_and_code() {
     let f = fx();
     let s = start(&f, &["--max-inputs", "8"]);
-    let ch = channel(&s).await;
+    let ch = common::grpc_channel(&s).await;
     let mut inference = InferenceClient::new(ch.clone());
     let mut collections = CollectionsClient::new(ch.clone());
     let mut adapters = AdaptersClient::new(ch.clone());

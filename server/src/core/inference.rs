@@ -27,13 +27,16 @@ pub struct EmbedOptions {
     pub truncate_left: bool,
     /// Every token's vector (laid end to end) instead of one pooled vector.
     pub all_tokens: bool,
+    /// Count the tokens the inputs cost (a tokenisation pass of its own).
+    pub count_tokens: bool,
 }
 
-/// Vectors, the adapter version that made them, and the tokens they cost.
+/// Vectors, the adapter version that made them, and (when asked for) the tokens
+/// they cost.
 pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
     pub adapter_version: Option<String>,
-    pub tokens: usize,
+    pub tokens: Option<usize>,
 }
 
 /// The probability a logit stands for.
@@ -63,13 +66,7 @@ impl Core {
     /// Embeds texts with an adapter (its current version) or the bare backbone.
     pub async fn embed(&self, r: EmbedRequest) -> Result<EmbedResponse> {
         non_empty("inputs", &r.inputs)?;
-        let (version, adapter) = match &r.adapter {
-            Some(n) => {
-                let (i, a) = self.adapter_for(n, Task::Retrieval)?;
-                (Some(i.version), Some(a))
-            }
-            None => (None, None),
-        };
+        let (version, adapter) = self.retrieval_adapter(r.adapter.as_deref())?;
         let texts = r.inputs.into_iter().map(Text::Single).collect();
         let embeddings = self.embed_texts(texts, adapter).await?;
         Ok(EmbedResponse {
@@ -100,74 +97,43 @@ impl Core {
         if inputs.is_empty() {
             return Err(Error::invalid("input", "must not be empty"));
         }
-        if inputs.len() > self.limits.max_inputs {
-            return Err(Error::too_large(format!(
-                "{} inputs in one request; the limit is {}",
-                inputs.len(),
-                self.limits.max_inputs
-            )));
-        }
-        let (version, adapter) = match adapter {
-            Some(n) => {
-                let (i, a) = self.adapter_for(n, Task::Retrieval)?;
-                (Some(i.version), Some(a))
-            }
-            None => (None, None),
-        };
-        let max = self.limits.max_length;
+        self.check_count(inputs.len())?;
+        let (version, adapter) = self.retrieval_adapter(adapter)?;
         let vocab = self.backbone.tokens().vocab_size() as u32;
-        let texts: Vec<aside_backbone::Input<'_>> = inputs
-            .iter()
-            .filter_map(|i| match i {
-                EmbedInput::Text(t) => Some(aside_backbone::Input::Single(t)),
-                EmbedInput::Ids(_) => None,
-            })
-            .collect();
-        // Untruncated lengths: for the usage count and the long-input check.
-        let mut lengths = self
-            .backbone
-            .tokens()
-            .encode(&texts, 1_000_000)?
-            .into_iter()
-            .map(|e| e.ids.len());
-        let mut tokens = 0;
         for (n, i) in inputs.iter().enumerate() {
-            let len = match i {
-                EmbedInput::Text(_) => lengths.next().expect("one length per text"),
-                EmbedInput::Ids(ids) => {
-                    if let Some(bad) = ids.iter().find(|&&x| x >= vocab) {
-                        return Err(Error::invalid(
-                            format!("input[{n}]"),
-                            format!("token id {bad} is outside the vocabulary (0..{vocab})"),
-                        ));
-                    }
-                    ids.len() + 2
+            if let EmbedInput::Ids(ids) = i {
+                if let Some(bad) = ids.iter().find(|&&x| x >= vocab) {
+                    return Err(Error::invalid(
+                        format!("input[{n}]"),
+                        format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+                    ));
                 }
-            };
-            if len > max && (opts.reject_long || self.limits.reject_long_inputs) {
-                return Err(Error::too_large(format!(
-                    "input {n} has {len} tokens; the limit is {max} (truncation was not asked for)"
-                )));
             }
-            tokens += len.min(max);
         }
-        let mut pooling = match &adapter {
-            Some(a) => a.pooling(self.backbone.pooling()),
-            None => self.backbone.pooling(),
-        };
-        if let Some(n) = opts.normalize {
-            pooling.normalize = n;
-        }
-        if opts.all_tokens {
-            pooling.pooling = aside_backbone::Pooling::Tokens;
-        }
-        let texts = inputs
+        let texts: Vec<Text> = inputs
             .into_iter()
             .map(|i| match i {
                 EmbedInput::Text(t) => Text::Single(t),
                 EmbedInput::Ids(ids) => Text::Ids(ids),
             })
             .collect();
+        let reject = opts.reject_long || self.limits.reject_long_inputs;
+        let max = self.limits.max_length;
+        let lengths = match reject || opts.count_tokens {
+            true => Some(self.input_lengths(&texts)?),
+            false => None,
+        };
+        if reject {
+            self.check_long(lengths.as_deref().unwrap_or_default())?;
+        }
+        let tokens = lengths.map(|l| l.iter().map(|len| (*len).min(max)).sum());
+        let mut pooling = self.pooling_of(adapter.as_ref());
+        if let Some(n) = opts.normalize {
+            pooling.normalize = n;
+        }
+        if opts.all_tokens {
+            pooling.pooling = aside_backbone::Pooling::Tokens;
+        }
         let vectors = self
             .batcher
             .submit_from(texts, adapter, pooling, max, opts.truncate_left)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aside_adapters::{Adapter, AdapterInfo as StoredInfo, Registry, Task};
-use aside_backbone::Backbone;
+use aside_backbone::{Backbone, PoolingConfig};
 use aside_index::Index;
 use parking_lot::Mutex;
 
@@ -27,6 +27,9 @@ use self::batcher::{Batcher, Text};
 pub use self::error::{Error, Result};
 use self::types::{Info, Reembed};
 use crate::metrics::Metrics;
+
+/// A max length no input reaches: lengths measured before truncation.
+const UNTRUNCATED: usize = 1_000_000;
 
 /// Limits and keys of a running server.
 #[derive(Debug, Clone)]
@@ -171,28 +174,54 @@ impl Core {
         texts: Vec<Text>,
         adapter: Option<Arc<Adapter>>,
     ) -> Result<Vec<Vec<f32>>> {
-        let pooling = match &adapter {
-            Some(a) => a.pooling(self.backbone.pooling()),
-            None => self.backbone.pooling(),
-        };
+        let pooling = self.pooling_of(adapter.as_ref());
         self.batcher
             .submit(texts, adapter, pooling, self.limits.max_length)
             .await
             .map_err(Error::Internal)
     }
 
+    /// The pooling and normalisation of an adapter's outputs (or the backbone's).
+    pub(crate) fn pooling_of(&self, adapter: Option<&Arc<Adapter>>) -> PoolingConfig {
+        match adapter {
+            Some(a) => a.pooling(self.backbone.pooling()),
+            None => self.backbone.pooling(),
+        }
+    }
+
     fn check_lengths(&self, texts: &[Text]) -> Result<()> {
-        if texts.len() > self.limits.max_inputs {
+        self.check_count(texts.len())?;
+        if self.limits.reject_long_inputs {
+            self.check_long(&self.input_lengths(texts)?)?;
+        }
+        Ok(())
+    }
+
+    /// At most `--max-inputs` inputs in one request.
+    pub(crate) fn check_count(&self, n: usize) -> Result<()> {
+        if n > self.limits.max_inputs {
             return Err(Error::too_large(format!(
-                "{} inputs in one request; the limit is {}",
-                texts.len(),
+                "{n} inputs in one request; the limit is {}",
                 self.limits.max_inputs
             )));
         }
-        if !self.limits.reject_long_inputs {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Refuses the first input longer than the max length (413).
+    pub(crate) fn check_long(&self, lengths: &[usize]) -> Result<()> {
+        let limit = self.limits.max_length;
+        if let Some((i, len)) = lengths.iter().enumerate().find(|(_, l)| **l > limit) {
+            return Err(Error::too_large(format!(
+                "input {i} has {len} tokens; the limit is {limit}"
+            )));
         }
-        // Token-id inputs come through `embed_inputs`, which checks them itself.
+        Ok(())
+    }
+
+    /// Each input's length in tokens before truncation, special tokens included
+    /// (a pair counts both texts; token ids count with their [CLS] and [SEP]).
+    pub(crate) fn input_lengths(&self, texts: &[Text]) -> Result<Vec<usize>> {
         let inputs: Vec<aside_backbone::Input<'_>> = texts
             .iter()
             .filter_map(|t| match t {
@@ -201,15 +230,34 @@ impl Core {
                 Text::Ids(_) => None,
             })
             .collect();
-        let limit = self.limits.max_length;
-        let enc = self.backbone.tokens().encode(&inputs, 100_000)?;
-        if let Some((i, e)) = enc.iter().enumerate().find(|(_, e)| e.ids.len() > limit) {
-            return Err(Error::too_large(format!(
-                "input {i} has {} tokens; the limit is {limit}",
-                e.ids.len()
-            )));
+        let mut encoded = self
+            .backbone
+            .tokens()
+            .encode(&inputs, UNTRUNCATED)?
+            .into_iter()
+            .map(|e| e.ids.len());
+        Ok(texts
+            .iter()
+            .map(|t| match t {
+                Text::Ids(ids) => ids.len() + 2,
+                _ => encoded.next().expect("one encoding per text"),
+            })
+            .collect())
+    }
+
+    /// A retrieval adapter's current version and the adapter, or none for the bare
+    /// backbone.
+    pub(crate) fn retrieval_adapter(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(Option<String>, Option<Arc<Adapter>>)> {
+        match name {
+            Some(n) => {
+                let (i, a) = self.adapter_for(n, Task::Retrieval)?;
+                Ok((Some(i.version), Some(a)))
+            }
+            None => Ok((None, None)),
         }
-        Ok(())
     }
 
     /// The current version of a named adapter, checked for the task the operation

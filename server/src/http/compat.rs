@@ -151,6 +151,7 @@ fn tei_options(truncate: Option<bool>, direction: Option<Direction>) -> EmbedOpt
         reject_long: truncate == Some(false),
         truncate_left: matches!(direction, Some(Direction::Left)),
         all_tokens: false,
+        count_tokens: false,
     }
 }
 
@@ -630,8 +631,16 @@ async fn openai_embed(c: Shared, r: OpenAiEmbeddings) -> R {
     let _ = r.user;
     let adapter = c.resolve_model(r.model.as_deref(), Task::Retrieval)?;
     let out = c
-        .embed_inputs(r.input.0, adapter.as_deref(), EmbedOptions::default())
+        .embed_inputs(
+            r.input.0,
+            adapter.as_deref(),
+            EmbedOptions {
+                count_tokens: true,
+                ..EmbedOptions::default()
+            },
+        )
         .await?;
+    let tokens = out.tokens.expect("counted when asked");
     let data = out
         .vectors
         .into_iter()
@@ -656,8 +665,8 @@ async fn openai_embed(c: Shared, r: OpenAiEmbeddings) -> R {
         data,
         model,
         usage: OpenAiUsage {
-            prompt_tokens: out.tokens,
-            total_tokens: out.tokens,
+            prompt_tokens: tokens,
+            total_tokens: tokens,
         },
     });
     Ok(with_adapter(body, adapter.as_deref()))

@@ -177,6 +177,15 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A gRPC channel to the server's gRPC port.
+pub async fn grpc_channel(s: &Server) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", s.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Polls until `f` holds or the time runs out.
 pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
