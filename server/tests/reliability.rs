@@ -284,7 +284,6 @@ async fn a_grpc_upload_without_a_key_is_refused_before_its_stream_is_read() {
         })),
         std::time::Duration::from_millis(5),
     );
-    let t0 = std::time::Instant::now();
     let e = tokio::time::timeout(
         std::time::Duration::from_secs(20),
         client.upload_adapter(endless),
@@ -293,7 +292,6 @@ async fn a_grpc_upload_without_a_key_is_refused_before_its_stream_is_read() {
     .expect("the server read the stream instead of refusing it")
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
-    assert!(t0.elapsed().as_secs() < 10);
     s.stop();
 }
 
@@ -456,7 +454,7 @@ async fn a_nan_fuse_over_grpc_is_refused_as_over_http() {
 fn slow_and_idle_clients_hold_no_slot_and_are_cut_off() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let d = tempfile::tempdir().unwrap();
     let model = model(d.path());
     let s = Server::start(
@@ -506,16 +504,16 @@ fn slow_and_idle_clients_hold_no_slot_and_are_cut_off() {
     let mut idle = TcpStream::connect(&s.addr).unwrap();
     idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         .unwrap();
-    let t0 = Instant::now();
-    for c in [&mut partial, &mut idle] {
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server closes both (end of stream), long before the client's own read
+    // timeout would end the read with an error.
+    for (name, c) in [("partial headers", &mut partial), ("idle", &mut idle)] {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut all = Vec::new();
-        let _ = c.read_to_end(&mut all);
+        let closed = c.read_to_end(&mut all);
+        assert!(
+            closed.is_ok(),
+            "{name} connection was not closed: {closed:?}"
+        );
     }
-    let waited = t0.elapsed();
-    assert!(
-        waited < Duration::from_secs(15),
-        "connections stayed open {waited:?} (header timeout 2 s)"
-    );
     s.stop();
 }
