@@ -38,6 +38,10 @@ pub struct RegistryOptions {
     /// Bytes of adapter tensors kept resident; least recently used ones are evicted
     /// and reloaded from disk on their next use.
     pub memory_budget_bytes: usize,
+    /// Other processes write the same store (replicas on one shared directory): a
+    /// name or version this process does not know is looked for on disk, and
+    /// [`Registry::refresh`] picks up their changes.
+    pub shared: bool,
 }
 
 impl Default for RegistryOptions {
@@ -45,6 +49,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             memory_budget_bytes: 1 << 30,
+            shared: false,
         }
     }
 }
@@ -199,21 +204,88 @@ impl Registry {
             if !path.is_dir() || check_name(&name).is_err() {
                 continue;
             }
-            match reg.index_name(&name, &path) {
+            let mut warnings = std::mem::take(&mut reg.warnings);
+            match reg.index_name(&name, &path, None, &mut warnings) {
                 Ok(Some(state)) => {
                     names.insert(name, state);
                 }
                 Ok(None) => {}
-                Err(err) => reg
-                    .warnings
-                    .push(format!("adapter `{name}` skipped: {err}")),
+                Err(err) => warnings.push(format!("adapter `{name}` skipped: {err}")),
             }
+            reg.warnings = warnings;
         }
         *reg.names.get_mut() = names;
         Ok(reg)
     }
 
-    fn index_name(&mut self, name: &str, dir: &Path) -> Result<Option<NameState>> {
+    /// Re-reads the store's names and versions from disk: what other processes on
+    /// the same directory added, switched or deleted. Versions already known are
+    /// not read again.
+    pub fn refresh(&self) -> Result<()> {
+        let _w = self.writer.lock();
+        let mut fresh = BTreeMap::new();
+        let entries: Vec<_> = std::fs::read_dir(&self.root)
+            .map_err(io_err(&self.root))?
+            .filter_map(|e| e.ok())
+            .collect();
+        let mut warnings = Vec::new();
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if name.starts_with('.') || !path.is_dir() || check_name(&name).is_err() {
+                continue;
+            }
+            let known = self.names.read().get(&name).cloned();
+            match self.index_name(&name, &path, known.as_ref(), &mut warnings) {
+                Ok(Some(state)) => {
+                    fresh.insert(name, state);
+                }
+                Ok(None) => {}
+                // Mid-write by another process, say: keep what we knew.
+                Err(_) => {
+                    if let Some(k) = known {
+                        fresh.insert(name, k);
+                    }
+                }
+            }
+        }
+        let gone: Vec<String> = {
+            let mut names = self.names.write();
+            let gone = names
+                .keys()
+                .filter(|n| !fresh.contains_key(*n))
+                .cloned()
+                .collect();
+            *names = fresh;
+            gone
+        };
+        if !gone.is_empty() {
+            let mut c = self.cache.lock();
+            let keys: Vec<_> = c
+                .map
+                .keys()
+                .filter(|(n, _)| gone.contains(n))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some((a, _)) = c.map.remove(&k) {
+                    c.bytes -= a.size_bytes();
+                }
+            }
+        }
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(())
+    }
+
+    fn index_name(
+        &self,
+        name: &str,
+        dir: &Path,
+        known: Option<&NameState>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<NameState>> {
         let cur_path = dir.join("current");
         let current = match std::fs::read_to_string(&cur_path) {
             Ok(s) => s.trim().to_owned(),
@@ -233,9 +305,13 @@ impl Registry {
             let Some(version) = file.strip_suffix(".safetensors") else {
                 continue;
             };
+            if let Some(info) = known.and_then(|k| k.versions.get(version)) {
+                versions.insert(version.to_owned(), info.clone());
+                continue;
+            }
             let bytes = std::fs::read(e.path()).map_err(io_err(&e.path()))?;
             if sha256_hex(&bytes) != version {
-                self.warnings.push(format!(
+                warnings.push(format!(
                     "adapter `{name}` version {version}: content does not match its sha256; skipped"
                 ));
                 continue;
@@ -247,9 +323,9 @@ impl Registry {
                         self.info(name, version, &a, bytes.len()),
                     );
                 }
-                Err(err) => self
-                    .warnings
-                    .push(format!("adapter `{name}` version {version} skipped: {err}")),
+                Err(err) => {
+                    warnings.push(format!("adapter `{name}` version {version} skipped: {err}"))
+                }
             }
         }
         if !versions.contains_key(&current) {
@@ -368,6 +444,9 @@ impl Registry {
 
     /// The current version's description.
     pub fn current_info(&self, name: &str) -> Result<AdapterInfo> {
+        if self.opts.shared && !self.names.read().contains_key(name) {
+            self.refresh()?;
+        }
         let names = self.names.read();
         let s = names
             .get(name)
@@ -414,6 +493,15 @@ impl Registry {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        let has = |reg: &Self| {
+            reg.names
+                .read()
+                .get(name)
+                .is_some_and(|s| s.versions.contains_key(version))
+        };
+        if self.opts.shared && !has(self) {
+            self.refresh()?;
+        }
         let known = self
             .names
             .read()

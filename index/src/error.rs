@@ -42,6 +42,12 @@ pub enum IndexError {
     Corrupt(String),
     #[error("the collection takes no writes until the server restarts: {0}")]
     ReadOnly(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the store is unreachable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Backend(String),
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;

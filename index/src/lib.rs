@@ -28,7 +28,9 @@ mod error;
 mod filter;
 mod graph;
 mod metric;
+pub mod milvus;
 mod snapshot;
+pub mod store;
 mod wal;
 
 use std::collections::BTreeMap;
@@ -44,6 +46,7 @@ pub use collection::{
 pub use error::{IndexError, Result};
 pub use filter::Filter;
 pub use metric::Metric;
+pub use store::{JobState, Query, Store, StoreKind, StoredCollection};
 pub use wal::Doc;
 
 use error::io_err;
@@ -70,6 +73,8 @@ pub struct Index {
     warnings: Vec<String>,
     /// Collections left on disk because they could not be opened, with the reason.
     failed: BTreeMap<String, String>,
+    /// Staging copies being filled (re-embedding), by the name they will replace.
+    staging: parking_lot::Mutex<BTreeMap<String, Arc<Collection>>>,
 }
 
 impl Index {
@@ -137,6 +142,7 @@ impl Index {
             collections: RwLock::new(map),
             warnings,
             failed,
+            staging: Default::default(),
         })
     }
 
@@ -190,7 +196,15 @@ impl Index {
         config.validate()?;
         let dir = self.root.join(format!(".staging-{}", config.name));
         let _ = std::fs::remove_dir_all(&dir);
-        Collection::create(&dir, config)
+        let name = config.name.clone();
+        let c = Collection::create(&dir, config)?;
+        self.staging.lock().insert(name, c.clone());
+        Ok(c)
+    }
+
+    /// The staging copy [`Index::create_staging`] made for `name`, handed over once.
+    pub fn staging_of(&self, name: &str) -> Option<Arc<Collection>> {
+        self.staging.lock().remove(name)
     }
 
     /// Atomically (for readers) replaces a collection with its staging copy.

@@ -169,6 +169,7 @@ async fn every_rpc_round_trips() {
                 ef_construction: Some(64),
                 ef: Some(32),
             }),
+            store: String::new(),
         })
         .await
         .unwrap()
@@ -418,6 +419,7 @@ async fn bad_requests_get_mapped_status_codes() {
         adapter: String::new(),
         metric: String::new(),
         hnsw: None,
+        store: String::new(),
     };
     collections
         .create_collection(with_key("adm", create()))
@@ -436,6 +438,7 @@ async fn bad_requests_get_mapped_status_codes() {
                 adapter: String::new(),
                 metric: "manhattan".into(),
                 hnsw: None,
+                store: String::new(),
             },
         ))
         .await

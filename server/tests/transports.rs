@@ -253,6 +253,7 @@ async fn the_same_scenarios_give_equal_results_over_both() {
                 ef_construction: Some(64),
                 ef: None,
             }),
+            store: String::new(),
         })
         .await
         .unwrap()

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use aside_adapters::{Dims, Registry, RegistryOptions};
 use aside_backbone::LoadOptions;
-use aside_index::Index;
+use aside_index::milvus::{MilvusOptions, MilvusStore};
+use aside_index::{Index, StoreKind};
 use clap::Args;
 
 use crate::core::batcher::{BatchConfig, Batcher};
-use crate::core::{Core, Limits, Shared};
+use crate::core::{Core, Limits, Shared, Stores};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Args)]
@@ -79,6 +80,20 @@ pub struct ServeArgs {
     /// Key for embed, search and rerank; unset: reads are open.
     #[arg(long, env = "ASIDE_READ_KEY", hide_env_values = true)]
     pub read_key: Option<String>,
+    /// Where collections go when their creation names no store: local (this
+    /// server's --data-dir) or milvus (the cluster at --milvus-url, shared by every
+    /// replica started with it).
+    #[arg(long, env = "ASIDE_STORE", default_value = "local")]
+    pub store: aside_index::StoreKind,
+    /// The Milvus cluster's address, `http://host:19530`; enables the Milvus store.
+    #[arg(long, env = "ASIDE_MILVUS_URL")]
+    pub milvus_url: Option<String>,
+    /// Milvus credentials: `user:password` or an API key.
+    #[arg(long, env = "ASIDE_MILVUS_TOKEN", hide_env_values = true)]
+    pub milvus_token: Option<String>,
+    /// Milvus database (its `default` when unset).
+    #[arg(long, env = "ASIDE_MILVUS_DB")]
+    pub milvus_db: Option<String>,
     /// Bytes of adapter tensors kept resident (LRU beyond that).
     #[arg(long, env = "ASIDE_ADAPTER_MEMORY", default_value_t = 1 << 30)]
     pub adapter_memory: usize,
@@ -121,6 +136,9 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
         RegistryOptions {
             memory_budget_bytes: a.adapter_memory,
             max_file_bytes: a.adapter_body_limit as u64,
+            // Replicas on a Milvus store share --data-dir: adapters written by one
+            // are picked up by the others.
+            shared: a.milvus_url.is_some(),
         },
     )
     .context("opening the adapter store")?;
@@ -136,6 +154,18 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
             tracing::error!(collection = %c.config().name, "data lost: {d}");
         }
     }
+    let milvus = match (&a.milvus_url, a.store) {
+        (Some(url), _) => Some(Arc::new(MilvusStore::new(MilvusOptions {
+            url: url.clone(),
+            token: a.milvus_token.clone().filter(|t| !t.is_empty()),
+            database: a.milvus_db.clone().filter(|d| !d.is_empty()),
+        }))),
+        (None, StoreKind::Milvus) => {
+            anyhow::bail!("--store milvus needs --milvus-url (the Milvus cluster's address)")
+        }
+        (None, StoreKind::Local) => None,
+    };
+    let stores = Stores::new(Arc::new(index), milvus, a.store, a.data_dir.join("leases"));
     let metrics = Arc::new(Metrics::default());
     let batcher = Batcher::start(
         backbone.clone(),
@@ -176,14 +206,15 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     tracing::info!(
         model = %a.model.dir.display(),
         adapters = registry.list().len(),
-        collections = index.list().len(),
+        collections = stores.local.list().len(),
+        store = %a.store,
         seconds = t0.elapsed().as_secs_f64(),
         "loaded"
     );
     Ok(Core::new(
         backbone,
         Arc::new(registry),
-        Arc::new(index),
+        stores,
         batcher,
         metrics,
         cfg,
@@ -236,7 +267,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        state.resume_reembeds();
+        state.resume_reembeds().await;
+        if state.stores.milvus.is_some() {
+            state.watch_shared(Duration::from_secs(2));
+        }
         let addr: SocketAddr = format!("{}:{}", a.host, a.port)
             .parse()
             .with_context(|| format!("invalid address {}:{}", a.host, a.port))?;

@@ -43,7 +43,7 @@ impl super::Core {
             PutOutcome::Unchanged(i) => (false, i),
         };
         if created {
-            self.start_reembeds(name);
+            self.start_reembeds(name).await;
         }
         Ok(PutAdapterResponse {
             info: info.into(),
@@ -81,10 +81,11 @@ impl super::Core {
     pub async fn delete_adapter(&self, name: &str) -> Result<AdapterDeleted> {
         let _use = self.adapter_use.lock().await;
         let users: Vec<String> = self
-            .index
+            .stores
             .list()
+            .await?
             .into_iter()
-            .map(|c| c.config())
+            .map(|c| c.config().clone())
             .filter(|c| c.space.adapter.as_deref() == Some(name))
             .map(|c| c.name)
             .collect();

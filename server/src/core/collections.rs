@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aside_adapters::{Adapter, Task};
-use aside_index::{Collection, CollectionConfig, Doc, Filter, HnswParams, Space};
+use aside_index::{
+    CollectionConfig, Doc, Filter, HnswParams, JobState, Query, Space, StoreKind, StoredCollection,
+};
 
 use super::batcher::Text;
 use super::types::{
     CollectionInfo, CollectionList, CollectionStatus, CreateCollectionRequest, Deleted, Document,
     Hit, Hnsw, Reembed, SearchRequest, SearchResponse, Timings, UpsertRequest, UpsertResponse,
 };
-use super::{blocking, Core, Error, Result};
+use super::{Core, Error, Result};
 
 /// Largest `k` and rerank candidate count.
 pub const MAX_K: usize = 1000;
@@ -32,6 +34,15 @@ fn status(cfg: &CollectionConfig, job: Option<&Reembed>) -> CollectionStatus {
     }
 }
 
+fn reembed_of(j: JobState) -> Reembed {
+    Reembed {
+        target_version: j.target_version,
+        done: j.done,
+        total: j.total,
+        error: j.error,
+    }
+}
+
 impl Core {
     /// The adapter version a collection's vectors were made with, pinned.
     pub(crate) fn pinned(&self, space: &Space) -> Result<Option<Arc<Adapter>>> {
@@ -41,13 +52,45 @@ impl Core {
         }
     }
 
-    fn describe(&self, c: &Collection) -> CollectionInfo {
+    /// The re-embedding a collection is in, wherever it runs: this process's job,
+    /// or (a shared store) the job another replica records, or one that no replica
+    /// has started yet (the adapter's current version is newer than the vectors').
+    pub(crate) fn job_of(&self, c: &dyn StoredCollection) -> Option<Reembed> {
         let cfg = c.config();
-        let st = c.stats();
-        let job = self.reembed_job(&cfg.name);
-        CollectionInfo {
+        if let Some(j) = self.reembed_job(&cfg.name) {
+            return Some(j);
+        }
+        if c.kind() == StoreKind::Local {
+            return None;
+        }
+        let current = self
+            .registry
+            .current_info(cfg.space.adapter.as_deref()?)
+            .ok()?
+            .version;
+        let stored = c.job().map(reembed_of);
+        if cfg.space.adapter_version.as_deref() == Some(current.as_str()) {
+            return stored.filter(|j| j.error.is_some());
+        }
+        Some(match stored {
+            Some(j) if j.target_version == current => j,
+            _ => Reembed {
+                target_version: current,
+                done: 0,
+                total: 0,
+                error: None,
+            },
+        })
+    }
+
+    async fn describe(&self, c: &dyn StoredCollection) -> Result<CollectionInfo> {
+        let cfg = c.config().clone();
+        let st = c.stats().await?;
+        let job = self.job_of(c);
+        Ok(CollectionInfo {
             status: status(&cfg, job.as_ref()),
             reembed: job,
+            store: c.kind().into(),
             name: cfg.name,
             adapter: cfg.space.adapter,
             adapter_version: cfg.space.adapter_version,
@@ -62,19 +105,19 @@ impl Core {
             count: st.count,
             tombstones: st.tombstones,
             unindexed: st.unindexed,
-            damage: c.damage().to_vec(),
-        }
+            damage: c.damage(),
+        })
     }
 
     /// Collections that lost data or could not be opened, with what and why.
     pub fn damaged(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut out: std::collections::BTreeMap<String, Vec<String>> = self
-            .index
+            .stores
             .failed()
             .iter()
             .map(|(n, why)| (n.clone(), vec![format!("not opened: {why}")]))
             .collect();
-        for c in self.index.list() {
+        for c in self.stores.local.list() {
             if !c.damage().is_empty() {
                 out.insert(c.config().name, c.damage().to_vec());
             }
@@ -82,13 +125,8 @@ impl Core {
         out
     }
 
-    fn collection(&self, name: &str) -> Result<Arc<Collection>> {
-        if let Some(why) = self.index.failed().get(name) {
-            return Err(Error::Unavailable {
-                reason: format!("collection `{name}` could not be opened: {why}"),
-            });
-        }
-        Ok(self.index.get(name)?)
+    pub(crate) async fn collection(&self, name: &str) -> Result<Arc<dyn StoredCollection>> {
+        self.stores.open(name).await
     }
 
     pub async fn create_collection(
@@ -121,29 +159,45 @@ impl Core {
                 adapter_version: version,
             },
         };
-        let index = self.index.clone();
-        let c = blocking(move || Ok(index.create(config)?)).await?;
-        Ok(self.describe(&c))
-    }
-
-    pub fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
-        let c = self.collection(name)?;
-        Ok(self.describe(&c))
-    }
-
-    pub fn list_collections(&self) -> CollectionList {
-        CollectionList {
-            collections: self.index.list().iter().map(|c| self.describe(c)).collect(),
+        config.validate()?;
+        let store = self
+            .stores
+            .store(r.store.map_or(self.stores.default, Into::into))?;
+        // A name is unique across the stores.
+        match self.stores.open(name).await {
+            Ok(_) => {
+                return Err(Error::AlreadyExists {
+                    what: "collection",
+                    name: name.to_owned(),
+                })
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
+        let c = store.create(config).await?;
+        self.describe(c.as_ref()).await
     }
 
-    fn not_reembedding(&self, name: &str) -> Result<()> {
-        let cfg = self.collection(name)?.config();
-        if let Some(j) = self.reembed_job(name) {
-            if status(&cfg, Some(&j)) == CollectionStatus::Reembedding {
+    pub async fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
+        let c = self.collection(name).await?;
+        self.describe(c.as_ref()).await
+    }
+
+    pub async fn list_collections(&self) -> Result<CollectionList> {
+        let mut collections = Vec::new();
+        for c in self.stores.list().await? {
+            collections.push(self.describe(c.as_ref()).await?);
+        }
+        Ok(CollectionList { collections })
+    }
+
+    fn not_reembedding(&self, c: &dyn StoredCollection) -> Result<()> {
+        let cfg = c.config();
+        if let Some(j) = self.job_of(c) {
+            if status(cfg, Some(&j)) == CollectionStatus::Reembedding {
                 return Err(Error::conflict(format!(
-                    "collection `{name}` is being re-embedded with adapter version {} ({}/{} done); retry when its status is ready",
-                    j.target_version, j.done, j.total
+                    "collection `{}` is being re-embedded with adapter version {} ({}/{} done); retry when its status is ready",
+                    cfg.name, j.target_version, j.done, j.total
                 )));
             }
         }
@@ -151,10 +205,9 @@ impl Core {
     }
 
     pub async fn delete_collection(&self, name: &str) -> Result<Deleted> {
-        self.not_reembedding(name)?;
-        let index = self.index.clone();
-        let n = name.to_owned();
-        blocking(move || Ok(index.delete(&n)?)).await?;
+        let c = self.collection(name).await?;
+        self.not_reembedding(c.as_ref())?;
+        self.stores.store(c.kind())?.remove(name).await?;
         Ok(Deleted {
             deleted: name.to_owned(),
         })
@@ -162,8 +215,8 @@ impl Core {
 
     /// Embeds and writes documents; they are durable when this returns.
     pub async fn upsert(&self, name: &str, r: UpsertRequest) -> Result<UpsertResponse> {
-        let c = self.collection(name)?;
-        self.not_reembedding(name)?;
+        let c = self.collection(name).await?;
+        self.not_reembedding(c.as_ref())?;
         if r.documents.is_empty() {
             return Err(Error::invalid("documents", "must not be empty"));
         }
@@ -207,14 +260,30 @@ impl Core {
                 metadata: d.metadata.unwrap_or_else(|| serde_json::json!({})),
             })
             .collect();
-        let upserted = blocking(move || Ok(c.upsert(docs)?)).await?;
+        // A shared store: another replica may have started a re-embedding while
+        // these were embedded; the write goes only to a collection still current.
+        let c = if c.kind() == StoreKind::Local {
+            c
+        } else {
+            let now = self.collection(name).await?;
+            self.not_reembedding(now.as_ref())?;
+            if now.config().space != c.config().space {
+                return Err(Error::conflict(format!(
+                    "collection `{name}` switched to another adapter version meanwhile; retry"
+                )));
+            }
+            now
+        };
+        let upserted = c.upsert(docs).await?;
         Ok(UpsertResponse { upserted })
     }
 
-    pub fn get_document(&self, name: &str, id: &str) -> Result<Document> {
+    pub async fn get_document(&self, name: &str, id: &str) -> Result<Document> {
         let d = self
-            .collection(name)?
+            .collection(name)
+            .await?
             .get(id)
+            .await?
             .ok_or_else(|| Error::no_document(name, id))?;
         Ok(Document {
             id: d.id,
@@ -224,10 +293,9 @@ impl Core {
     }
 
     pub async fn delete_document(&self, name: &str, id: &str) -> Result<Deleted> {
-        let c = self.collection(name)?;
-        self.not_reembedding(name)?;
-        let i = id.to_owned();
-        let n = blocking(move || Ok(c.delete(&[i])?)).await?;
+        let c = self.collection(name).await?;
+        self.not_reembedding(c.as_ref())?;
+        let n = c.delete(vec![id.to_owned()]).await?;
         if n == 0 {
             return Err(Error::no_document(name, id));
         }
@@ -239,7 +307,7 @@ impl Core {
     /// Embeds the query with the collection's adapter version, searches, and
     /// optionally re-ranks the candidates.
     pub async fn search(&self, name: &str, r: SearchRequest) -> Result<SearchResponse> {
-        let c = self.collection(name)?;
+        let c = self.collection(name).await?;
         let k = r.k.unwrap_or(10);
         if k == 0 || k > MAX_K {
             return Err(Error::invalid(
@@ -276,7 +344,7 @@ impl Core {
             ));
         }
         // The query is embedded with exactly the version the collection's vectors use.
-        let cfg = c.config();
+        let cfg = c.config().clone();
         let adapter = self.pinned(&cfg.space)?;
         let t0 = Instant::now();
         let q = self
@@ -286,17 +354,16 @@ impl Core {
         let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let (ef, threshold, exact) = (r.ef, r.threshold, r.exact.unwrap_or(false));
-        let found = blocking(move || {
-            Ok(c.search(&aside_index::SearchRequest {
-                vector: &q,
+        let found = c
+            .search(Query {
+                vector: q,
                 k: candidates,
                 ef,
-                filter: filter.as_ref(),
+                filter,
                 threshold,
                 exact,
-            })?)
-        })
-        .await?;
+            })
+            .await?;
         let search_ms = t1.elapsed().as_secs_f64() * 1e3;
         let mut hits: Vec<Hit> = found
             .into_iter()
@@ -332,8 +399,8 @@ impl Core {
         })
     }
 
-    /// The adapter a collection's vectors use (for metrics labels).
+    /// The adapter a local collection's vectors use (for metrics labels).
     pub fn collection_adapter(&self, name: &str) -> Option<String> {
-        self.index.get(name).ok()?.config().space.adapter
+        self.stores.local.get(name).ok()?.config().space.adapter
     }
 }

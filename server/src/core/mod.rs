@@ -12,6 +12,7 @@ pub mod collections;
 pub mod error;
 pub mod inference;
 mod reembed;
+pub mod stores;
 pub mod types;
 
 use std::collections::HashMap;
@@ -20,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use aside_adapters::{Adapter, AdapterInfo as StoredInfo, Registry, Task};
 use aside_backbone::{Backbone, PoolingConfig};
-use aside_index::Index;
 use parking_lot::Mutex;
 
 use self::batcher::{Batcher, Text};
 pub use self::error::{Error, Result};
+pub use self::stores::Stores;
 use self::types::{Info, Reembed};
 use crate::metrics::Metrics;
 
@@ -82,7 +83,7 @@ impl Default for Limits {
 pub struct Core {
     pub backbone: Arc<Backbone>,
     pub registry: Arc<Registry>,
-    pub index: Arc<Index>,
+    pub stores: Stores,
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -101,7 +102,7 @@ impl Core {
     pub fn new(
         backbone: Arc<Backbone>,
         registry: Arc<Registry>,
-        index: Arc<Index>,
+        stores: Stores,
         batcher: Batcher,
         metrics: Arc<Metrics>,
         limits: Limits,
@@ -109,7 +110,7 @@ impl Core {
         Arc::new(Core {
             backbone,
             registry,
-            index,
+            stores,
             batcher,
             metrics,
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
@@ -136,7 +137,7 @@ impl Core {
             max_length: self.limits.max_length,
             max_inputs: self.limits.max_inputs,
             adapters: self.registry.list().len(),
-            collections: self.index.list().len(),
+            collections: self.stores.count(),
             uptime_seconds: self.started.elapsed().as_secs(),
             model_id: self.model_id(),
             model_sha: self.backbone.sha256().to_owned(),

@@ -131,6 +131,43 @@ pub struct CreateCollectionRequest {
     pub metric: Option<Metric>,
     #[serde(default)]
     pub hnsw: Option<HnswSpec>,
+    /// Where the collection lives: `local` (this server's disk) or `milvus` (the
+    /// cluster given by --milvus-url, shared by every replica); absent: --store.
+    #[serde(default)]
+    pub store: Option<Store>,
+}
+
+/// Which store holds a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    Local,
+    Milvus,
+}
+
+impl From<Store> for aside_index::StoreKind {
+    fn from(s: Store) -> Self {
+        match s {
+            Store::Local => aside_index::StoreKind::Local,
+            Store::Milvus => aside_index::StoreKind::Milvus,
+        }
+    }
+}
+
+impl From<aside_index::StoreKind> for Store {
+    fn from(s: aside_index::StoreKind) -> Self {
+        match s {
+            aside_index::StoreKind::Local => Store::Local,
+            aside_index::StoreKind::Milvus => Store::Milvus,
+        }
+    }
+}
+
+impl std::str::FromStr for Store {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<aside_index::StoreKind>().map(Store::from)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -154,6 +191,8 @@ pub struct Reembed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CollectionInfo {
     pub name: String,
+    /// Where the collection lives.
+    pub store: Store,
     pub adapter: Option<String>,
     pub adapter_version: Option<String>,
     /// sha256 of the backbone the vectors were made with.

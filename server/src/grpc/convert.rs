@@ -97,6 +97,10 @@ pub fn collection(c: &t::CollectionInfo) -> pb::Collection {
         }),
         tombstones: c.tombstones as u64,
         unindexed: c.unindexed as u64,
+        store: serde_json::to_value(c.store)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         reembed: c.reembed.as_ref().map(|r| pb::Reembed {
             target_version: r.target_version.clone(),
             done: r.done as u64,

@@ -100,6 +100,10 @@ impl collections_server::Collections for Services {
             .map(|m| m.parse::<t::Metric>())
             .transpose()
             .map_err(|e| status(Error::invalid("metric", e)))?;
+        let store = given(r.store)
+            .map(|m| m.parse::<t::Store>())
+            .transpose()
+            .map_err(|e| status(Error::invalid("store", e)))?;
         let out = self
             .core
             .create_collection(
@@ -108,6 +112,7 @@ impl collections_server::Collections for Services {
                     adapter: given(r.adapter),
                     metric,
                     hnsw: r.hnsw.map(convert::hnsw),
+                    store,
                 },
             )
             .await
@@ -118,7 +123,7 @@ impl collections_server::Collections for Services {
     async fn get_collection(&self, r: Request<CollectionRef>) -> R<Collection> {
         let r = r.into_inner();
         name("name", &r.name)?;
-        let out = self.core.get_collection(&r.name).map_err(status)?;
+        let out = self.core.get_collection(&r.name).await.map_err(status)?;
         Ok(Response::new(convert::collection(&out)))
     }
 
@@ -126,7 +131,7 @@ impl collections_server::Collections for Services {
         &self,
         _: Request<ListCollectionsRequest>,
     ) -> R<ListCollectionsResponse> {
-        let out = self.core.list_collections();
+        let out = self.core.list_collections().await.map_err(status)?;
         Ok(Response::new(ListCollectionsResponse {
             collections: out.collections.iter().map(convert::collection).collect(),
         }))
@@ -170,6 +175,7 @@ impl collections_server::Collections for Services {
         let d = self
             .core
             .get_document(&r.collection, &r.id)
+            .await
             .map_err(status)?;
         Ok(Response::new(Document {
             id: d.id,

@@ -179,8 +179,8 @@ pub async fn delete_adapter(State(c): State<Shared>, Path(name): Path<String>) -
 /// List collections
 #[utoipa::path(get, path = "/v1/collections", tag = "collections",
     responses((status = 200, description = "Every collection", body = CollectionList)))]
-pub async fn list_collections(State(c): State<Shared>) -> Json<CollectionList> {
-    Json(c.list_collections())
+pub async fn list_collections(State(c): State<Shared>) -> R<Json<CollectionList>> {
+    Ok(Json(c.list_collections().await?))
 }
 
 /// Create a collection
@@ -208,7 +208,7 @@ pub async fn get_collection(
     State(c): State<Shared>,
     Path(name): Path<String>,
 ) -> R<Json<CollectionInfo>> {
-    Ok(Json(c.get_collection(&name)?))
+    Ok(Json(c.get_collection(&name).await?))
 }
 
 /// Delete a collection
@@ -248,7 +248,7 @@ pub async fn get_document(
     State(c): State<Shared>,
     Path((name, id)): Path<(String, String)>,
 ) -> R<Json<Document>> {
-    Ok(Json(c.get_document(&name, &id)?))
+    Ok(Json(c.get_document(&name, &id).await?))
 }
 
 /// Delete a document
