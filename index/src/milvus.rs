@@ -87,10 +87,12 @@ pub fn quote(s: &str) -> Result<String> {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => return Err(IndexError::BadFilter(format!(
+            c if (c as u32) < 0x20 => {
+                return Err(IndexError::BadFilter(format!(
                 "control character U+{:04X} in a filter string; the Milvus store cannot compare it",
                 c as u32
-            ))),
+            )))
+            }
             c => out.push(c),
         }
     }
@@ -182,9 +184,18 @@ impl MilvusStore {
     async fn client(&self) -> Result<&mv::ClientV2> {
         self.client
             .get_or_try_init(|| async {
+                // A cluster that is down answers 503 within seconds (the SDK's
+                // default retries an RPC 75 times).
                 let mut cfg = mv::ConnectConfig::new()
                     .uri(self.opts.url.clone())
-                    .connect_timeout(Duration::from_secs(5));
+                    .connect_timeout(Duration::from_secs(5))
+                    .rpc_timeout(Duration::from_secs(60))
+                    .retry(
+                        mv::RetryConfig::new()
+                            .max_attempts(3)
+                            .max_retry_timeout(Duration::from_secs(5))
+                            .initial_backoff(Duration::from_millis(100)),
+                    );
                 if let Some(t) = &self.opts.token {
                     cfg = cfg.token(t.clone());
                 }
@@ -381,6 +392,9 @@ fn is_not_found(msg: &str) -> bool {
 }
 
 fn classify(url: &str, what: &str, e: mv::Error) -> IndexError {
+    if let mv::Error::RetryExhausted { source, .. } = e {
+        return classify(url, what, *source);
+    }
     match &e {
         mv::Error::Grpc(s)
             // UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED: the cluster is not reachable.
@@ -616,7 +630,67 @@ impl MilvusCollection {
         Ok(())
     }
 
+    async fn stats_once(&self) -> Result<Stats> {
+        let c = self.store.client().await?;
+        let r = c
+            .query(
+                mv::QueryRequest::builder()
+                    .collection_name(self.physical.clone())
+                    .output_fields(["count(*)"])
+                    .consistency_level(mv::ConsistencyLevel::Strong)
+                    .build()
+                    .map_err(self.store.err("count"))?,
+            )
+            .await
+            .map_err(|e| self.gone(classify(&self.store.opts.url, "count", e)))?;
+        let mut count = 0;
+        for row in r.results().rows().map_err(self.store.err("count"))? {
+            count = row.get_i64("count(*)").map_err(self.store.err("count"))? as usize;
+        }
+        Ok(Stats {
+            count,
+            tombstones: 0,
+            unindexed: 0,
+            wal_bytes: 0,
+        })
+    }
+
+    /// Loads the collection again when Milvus says it is released (a restarted
+    /// Milvus serves only what is loaded); true when the caller should retry.
+    async fn reloaded(&self, e: &IndexError) -> bool {
+        let IndexError::Backend(m) = e else {
+            return false;
+        };
+        if !(m.contains("released") || m.contains("not loaded") || m.contains("call load()")) {
+            return false;
+        }
+        let Ok(c) = self.store.client().await else {
+            return false;
+        };
+        let Ok(req) = mv::LoadCollectionRequest::builder()
+            .collection_name(self.physical.clone())
+            .sync(false)
+            .build()
+        else {
+            return false;
+        };
+        tracing::info!(collection = %self.config.name, "loading the Milvus collection again");
+        c.load_collection(req).await.is_ok() && self.store.wait_loaded(&self.physical).await.is_ok()
+    }
+
     async fn query(&self, filter: String, limit: Option<i64>, vectors: bool) -> Result<Vec<Doc>> {
+        match self.query_once(filter.clone(), limit, vectors).await {
+            Err(e) if self.reloaded(&e).await => self.query_once(filter, limit, vectors).await,
+            r => r,
+        }
+    }
+
+    async fn query_once(
+        &self,
+        filter: String,
+        limit: Option<i64>,
+        vectors: bool,
+    ) -> Result<Vec<Doc>> {
         let c = self.store.client().await?;
         let mut fields = vec!["id", "text", "meta"];
         if vectors {
@@ -676,28 +750,10 @@ impl StoredCollection for MilvusCollection {
     }
 
     async fn stats(&self) -> Result<Stats> {
-        let c = self.store.client().await?;
-        let r = c
-            .query(
-                mv::QueryRequest::builder()
-                    .collection_name(self.physical.clone())
-                    .output_fields(["count(*)"])
-                    .consistency_level(mv::ConsistencyLevel::Strong)
-                    .build()
-                    .map_err(self.store.err("count"))?,
-            )
-            .await
-            .map_err(|e| self.gone(classify(&self.store.opts.url, "count", e)))?;
-        let mut count = 0;
-        for row in r.results().rows().map_err(self.store.err("count"))? {
-            count = row.get_i64("count(*)").map_err(self.store.err("count"))? as usize;
+        match self.stats_once().await {
+            Err(e) if self.reloaded(&e).await => self.stats_once().await,
+            r => r,
         }
-        Ok(Stats {
-            count,
-            tombstones: 0,
-            unindexed: 0,
-            wal_bytes: 0,
-        })
     }
 
     async fn upsert(&self, mut docs: Vec<Doc>) -> Result<usize> {
@@ -785,6 +841,15 @@ impl StoredCollection for MilvusCollection {
     }
 
     async fn search(&self, q: Query) -> Result<Vec<Hit>> {
+        match self.search_once(q.clone()).await {
+            Err(e) if self.reloaded(&e).await => self.search_once(q).await,
+            r => r,
+        }
+    }
+}
+
+impl MilvusCollection {
+    async fn search_once(&self, q: Query) -> Result<Vec<Hit>> {
         if q.exact {
             return Err(IndexError::BadSearch(
                 "`exact` is not available on the Milvus store (Milvus searches its HNSW index); raise `ef` instead".into(),

@@ -26,7 +26,37 @@ use serde_json::{json, Value};
 struct Milvus {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn spawn_milvus(bin: &Path, dir: &Path, port: u16) -> Child {
+    let child = Command::new(bin)
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start milvus-lite");
+    let addr = format!("127.0.0.1:{port}");
+    let up = wait_for(60, || std::net::TcpStream::connect(&addr).is_ok());
+    assert!(up, "milvus-lite did not listen on {addr} within 60 s");
+    child
+}
+
+impl Milvus {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Started again on the same port and data.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_milvus(&self.bin, self.dir.path(), self.port);
+    }
 }
 
 impl Drop for Milvus {
@@ -60,21 +90,13 @@ fn milvus() -> Option<Milvus> {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(&bin)
-        .args(["server", "--data-dir"])
-        .arg(dir.path())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start milvus-lite");
-    let addr = format!("127.0.0.1:{port}");
-    let up = wait_for(60, || std::net::TcpStream::connect(&addr).is_ok());
-    assert!(up, "milvus-lite did not listen on {addr} within 60 s");
+    let child = spawn_milvus(&bin, dir.path(), port);
     Some(Milvus {
         child,
-        url: format!("http://{addr}"),
-        _dir: dir,
+        url: format!("http://127.0.0.1:{port}"),
+        bin,
+        port,
+        dir,
     })
 }
 
@@ -357,13 +379,13 @@ fn the_local_scenarios_hold_on_milvus() {
         "x' or '1'=='1",
         r#"x") or (id != ""#,
     ];
-    let docs: Vec<Value> = evil
+    let evil_docs: Vec<Value> = evil
         .iter()
         .enumerate()
         .map(|(i, v)| json!({"id": format!("e{i}"), "text": format!("evil {i}"), "metadata": {"tag": v}}))
         .chain([json!({"id": "plain", "text": "evil plain", "metadata": {"tag": "x"}})])
         .collect();
-    put_docs(&s, "grpc-made", &docs);
+    put_docs(&s, "grpc-made", &evil_docs);
     for (i, v) in evil.iter().enumerate() {
         let r = search(
             &s,
@@ -402,6 +424,66 @@ fn the_local_scenarios_hold_on_milvus() {
     assert_eq!(st, 200);
     let (st, _) = s.call("GET", "/v1/collections/grpc-made", None);
     assert_eq!(st, 404);
+
+    // dot → IP and l2 → L2 (Milvus's squared distance becomes minus the distance):
+    // the same hits and scores as the embedded engine's exact search.
+    for metric in ["dot", "l2"] {
+        for store in ["milvus", "local"] {
+            let (st, r) = s.call(
+                "PUT",
+                &format!("/v1/collections/{metric}-{store}"),
+                Some(&json!({"metric": metric, "store": store})),
+            );
+            assert_eq!(st, 201, "{r}");
+            put_docs(&s, &format!("{metric}-{store}"), &docs[..100]);
+        }
+        let m = search(
+            &s,
+            &format!("{metric}-milvus"),
+            json!({"query": q, "k": 5, "ef": 200}),
+        );
+        let l = search(
+            &s,
+            &format!("{metric}-local"),
+            json!({"query": q, "k": 5, "exact": true}),
+        );
+        assert_eq!(ids(&m), ids(&l), "{metric}");
+        for (a, b) in m["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(l["hits"].as_array().unwrap())
+        {
+            let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-3, "{metric}: {a} vs {b}");
+        }
+    }
+
+    // Milvus gone: its collections answer 503 and /ready says why; local ones serve.
+    // Back: served again without a restart, nothing lost.
+    let Env { mut milvus, .. } = e;
+    milvus.stop();
+    let (st, r) = s.call(
+        "POST",
+        "/v1/collections/sci/search",
+        Some(&json!({"query": q})),
+    );
+    assert_eq!(st, 503, "{r}");
+    let (st, r) = s.call("GET", "/ready", None);
+    assert_eq!(
+        (st, r["status"].as_str()),
+        (503, Some("store_unavailable")),
+        "{r}"
+    );
+    let l = search(&s, "sci-local", json!({"query": q, "k": 3}));
+    assert_eq!(l["hits"].as_array().unwrap().len(), 3);
+    milvus.restart();
+    let back = wait_for(60, || s.call("GET", "/ready", None).0 == 200);
+    assert!(back, "not ready again after Milvus came back");
+    let r = search(&s, "sci", json!({"query": q, "k": 10}));
+    assert_eq!(ids(&r), ids(&again));
+    let (_, c) = s.call("GET", "/v1/collections/sci", None);
+    assert_eq!(c["count"], 499, "{c}");
     s.stop();
 }
 

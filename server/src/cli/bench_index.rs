@@ -31,6 +31,10 @@ pub struct BenchIndexArgs {
     /// Documents for the durable-upsert measurement.
     #[arg(long, default_value_t = 20000)]
     pub upserts: usize,
+    /// Also measure the Milvus store at this address (`http://host:19530`), on the
+    /// same vectors and queries, recall against the same exact neighbours.
+    #[arg(long)]
+    pub milvus_url: Option<String>,
 }
 
 fn read_f32(path: &PathBuf, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -158,5 +162,98 @@ pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
          \"n\": {n}, \"base\": {}}}",
         base.len()
     );
+    if let Some(url) = &a.milvus_url {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(milvus(&a, url, cfg("bench"), &docs, &queries, &exact, n))?;
+    }
+    Ok(())
+}
+
+/// The same measurements through the Milvus store: build (acknowledged upserts of
+/// every base vector, 1,000 a request), recall and QPS at each ef from one client,
+/// and durable upserts (4 concurrent writers, batches of 100).
+async fn milvus(
+    a: &BenchIndexArgs,
+    url: &str,
+    mut config: CollectionConfig,
+    docs: &[Doc],
+    queries: &[Vec<f32>],
+    exact: &[Vec<String>],
+    n: usize,
+) -> anyhow::Result<()> {
+    use aside_index::milvus::{MilvusOptions, MilvusStore};
+    use aside_index::{Query, Store};
+    let store = Arc::new(MilvusStore::new(MilvusOptions {
+        url: url.to_owned(),
+        token: None,
+        database: None,
+    }));
+    let tag = std::process::id();
+    config.name = format!("bench-{tag}");
+    let c = store.create(config.clone()).await?;
+    let t0 = Instant::now();
+    for chunk in docs.chunks(1000) {
+        c.upsert(chunk.to_vec()).await?;
+    }
+    let build = t0.elapsed().as_secs_f64();
+    println!(
+        "{{\"engine\": \"milvus\", \"n\": {}, \"build_s\": {build:.2}, \"upserts_per_s\": {:.0}}}",
+        docs.len(),
+        docs.len() as f64 / build
+    );
+    for ef in a.ef.split(',').map(|s| s.trim().parse::<usize>()) {
+        let ef = ef.context("--ef takes numbers")?;
+        let t0 = Instant::now();
+        let mut found = 0;
+        for (q, want) in queries.iter().zip(exact) {
+            let hits = c
+                .search(Query {
+                    vector: q.clone(),
+                    k: 10,
+                    ef: Some(ef),
+                    filter: None,
+                    threshold: None,
+                    exact: false,
+                })
+                .await?;
+            found += hits.iter().filter(|h| want.contains(&h.id)).count();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{{\"engine\": \"milvus\", \"ef\": {ef}, \"recall@10\": {:.4}, \"qps\": {:.0}}}",
+            found as f64 / (10 * queries.len()) as f64,
+            queries.len() as f64 / secs
+        );
+    }
+    let mut dconfig = config.clone();
+    dconfig.name = format!("bench-durable-{tag}");
+    let d: Arc<dyn aside_index::StoredCollection> = store.create(dconfig.clone()).await?;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let d = d.clone();
+        let mine: Vec<Vec<Doc>> = docs[..n]
+            .chunks(100)
+            .skip(t)
+            .step_by(4)
+            .map(|c| c.to_vec())
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for chunk in mine {
+                d.upsert(chunk).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    println!("{{\"engine\": \"milvus\", \"durable_upserts_per_s\": {rate:.0}, \"n\": {n}}}");
+    store.remove(&config.name).await?;
+    store.remove(&dconfig.name).await?;
     Ok(())
 }

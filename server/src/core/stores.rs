@@ -115,6 +115,18 @@ impl Stores {
         self.local.failed().clone()
     }
 
+    /// Why the Milvus store does not answer, if it is configured and does not.
+    pub async fn unreachable(&self) -> Option<String> {
+        let m = self.milvus.as_ref()?;
+        match m.list().await {
+            Ok(l) => {
+                self.milvus_count.store(l.len(), Ordering::Relaxed);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// Takes the re-embedding lease of `name` unless another process holds it.
     pub fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
         std::fs::create_dir_all(&self.lease_dir)

@@ -443,12 +443,16 @@ pub struct Info {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
-    /// `ok` (liveness), `ready`, or `damaged` (503: a collection lost data or could
-    /// not be opened; `damaged` says which and what).
+    /// `ok` (liveness), `ready`, `damaged` (503: a collection lost data or could
+    /// not be opened; `damaged` says which and what) or `store_unavailable` (503:
+    /// the Milvus store does not answer; `store` says why).
     pub status: String,
     /// Collection name → what was lost or why it did not open.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
     pub damaged: std::collections::BTreeMap<String, Vec<String>>,
+    /// Why the Milvus store cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub store: Option<String>,
 }
 
 /// Every error: a message that names the fault, and its kind.

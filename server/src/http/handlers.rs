@@ -287,6 +287,7 @@ pub async fn health() -> Json<Status> {
     Json(Status {
         status: "ok".into(),
         damaged: Default::default(),
+        store: None,
     })
 }
 
@@ -296,16 +297,23 @@ pub async fn health() -> Json<Status> {
               (status = 503, description = "A collection lost data (corrupt log records skipped) or could not be opened: `damaged` says which and what", body = Status)))]
 pub async fn ready(State(c): State<Shared>) -> Response {
     let damaged = c.damaged();
-    if damaged.is_empty() {
-        return Json(Status {
-            status: "ready".into(),
-            damaged,
-        })
-        .into_response();
-    }
+    let store = c.stores.unreachable().await;
+    let status = match (damaged.is_empty(), &store) {
+        (true, None) => {
+            return Json(Status {
+                status: "ready".into(),
+                damaged,
+                store,
+            })
+            .into_response()
+        }
+        (false, _) => "damaged",
+        (true, Some(_)) => "store_unavailable",
+    };
     let body = Status {
-        status: "damaged".into(),
+        status: status.into(),
         damaged,
+        store,
     };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
