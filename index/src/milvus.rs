@@ -359,6 +359,26 @@ impl MilvusStore {
         )))
     }
 
+    /// Seals what `name` holds so Milvus indexes it (a cluster also does this by
+    /// itself as segments fill; milvus-lite searches unsealed data by brute force).
+    pub async fn flush(&self, name: &str) -> Result<()> {
+        let (p, _) = self.describe(name).await?;
+        self.flush_physical(&p).await
+    }
+
+    async fn flush_physical(&self, physical: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.flush(
+            mv::FlushRequest::builder()
+                .collection_names([physical])
+                .build()
+                .map_err(self.err("flush"))?,
+        )
+        .await
+        .map_err(self.err("flush"))?;
+        Ok(())
+    }
+
     async fn drop_physical(&self, physical: &str) -> Result<()> {
         let c = self.client().await?;
         c.drop_collection(
@@ -523,6 +543,8 @@ impl Store for Arc<MilvusStore> {
                 staging.config().name
             )));
         }
+        // A bulk load: sealed, so Milvus indexes it before it serves searches.
+        self.flush_physical(&new).await?;
         let c = self.client().await?;
         c.alter_alias(
             mv::AlterAliasRequest::builder()
