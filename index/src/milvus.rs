@@ -852,9 +852,12 @@ impl StoredCollection for MilvusCollection {
             .results()
             .rows()
             .map_err(self.store.err("query"))?
-            .map(|row| row.get_str("id").map(str::to_owned))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(self.store.err("query"))?;
+            .map(|row| {
+                row.get_str("id")
+                    .map(str::to_owned)
+                    .map_err(self.store.err("query"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(WRITE_CHUNK) {
             out.extend(self.query(ids_expr(chunk)?, None, true).await?);
