@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""HNSW: aside's index against the Python `hnswlib` package on the same vectors,
-with the same M / ef_construction / ef, in one run.
+"""HNSW: aside's index (its own graph, and the hnsw_rs engine) against the Python
+`hnswlib` package on the same vectors, with the same M / ef_construction / ef, in
+one run.
 
     python3 bench/hnsw_compare.py [--n 100000] [--dim 384] [--queries 1000]
                                   [--vectors FILE.f32] [--aside target/release/aside]
@@ -65,7 +66,7 @@ with tempfile.TemporaryDirectory() as d:
     qv.astype("<f4").tofile(qf)
     out = subprocess.run(
         [a.aside, "bench", "index", "--vectors", bv, "--queries", qf, "--dim", str(a.dim), "--m", str(a.m),
-         "--ef-construction", str(a.ef_construction), "--ef", a.ef],
+         "--ef-construction", str(a.ef_construction), "--ef", a.ef, "--engines", "graph,hnsw_rs"],
         check=True, capture_output=True, text=True).stdout
     rows += [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
@@ -78,7 +79,7 @@ for r in rows:
     if "build_s" in r:
         print(f"build ({r['engine']}, {r['n']} vectors, all cores): {r['build_s']} s")
     if "durable_upserts_per_s" in r:
-        print(f"durable upserts (aside, 4 writers, batches of 100, acknowledged after fsync), "
+        print(f"durable upserts ({r['engine']}, 4 writers, batches of 100, acknowledged after fsync), "
               f"{r['n']} vectors: {r['durable_upserts_per_s']}/s into an empty collection "
               f"(all in the graph after {r['indexed_s']} s), "
               f"{r['durable_upserts_per_s_loaded']}/s into the {r['base']}-vector one "

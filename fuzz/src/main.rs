@@ -252,6 +252,7 @@ fn replay_seed(root: &Path) -> BTreeMap<String, Vec<u8>> {
             metric: Metric::Cosine,
             hnsw: HnswParams::default(),
             space: Space::default(),
+            engine: Default::default(),
         })
         .unwrap();
     let doc = |i: usize| Doc {

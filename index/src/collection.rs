@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::error::{io_err, IndexError, Result};
 use crate::filter::Filter;
 use crate::graph::Graph;
+use crate::hnswrs::HnswRs;
 use crate::metric::Metric;
 use crate::snapshot;
 use crate::wal::{self, Doc, Op, Wal};
@@ -55,6 +56,28 @@ impl Default for HnswParams {
     }
 }
 
+/// The graph a local collection searches: ours, or the hnsw_rs crate's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Our graph (`graph.rs`).
+    #[default]
+    Graph,
+    /// The hnsw_rs crate (`hnswrs.rs`).
+    HnswRs,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "graph" => Ok(Engine::Graph),
+            "hnsw_rs" => Ok(Engine::HnswRs),
+            _ => Err(format!("unknown engine `{s}` (expected graph or hnsw_rs)")),
+        }
+    }
+}
+
 /// The embedding space the vectors were made in: nobody may search them with a
 /// query vector from another space.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,6 +97,9 @@ pub struct CollectionConfig {
     pub metric: Metric,
     pub hnsw: HnswParams,
     pub space: Space,
+    /// The graph engine (manifests written before engines existed: ours).
+    #[serde(default)]
+    pub engine: Engine,
 }
 
 impl CollectionConfig {
@@ -94,6 +120,12 @@ impl CollectionConfig {
         }
         if !(1..=4096).contains(&self.hnsw.ef) {
             return bad(format!("hnsw.ef {} is out of range 1..=4096", self.hnsw.ef));
+        }
+        if self.engine == Engine::HnswRs && !crate::hnswrs::supports(self.metric) {
+            return bad(format!(
+                "the hnsw_rs engine orders by cosine or l2; its dot-product distance needs unit vectors (metric {:?})",
+                self.metric
+            ));
         }
         Ok(())
     }
@@ -138,6 +170,90 @@ pub struct Stats {
     pub wal_bytes: u64,
 }
 
+/// The graph behind a collection: one seam, two engines.
+enum Ann {
+    Graph(Graph),
+    HnswRs(HnswRs),
+}
+
+impl Ann {
+    fn new(cfg: &CollectionConfig, capacity: usize) -> Self {
+        match cfg.engine {
+            Engine::Graph => Ann::Graph(Graph::new(
+                cfg.dim,
+                cfg.metric,
+                cfg.hnsw.m,
+                cfg.hnsw.ef_construction,
+            )),
+            Engine::HnswRs => Ann::HnswRs(HnswRs::new(
+                cfg.metric,
+                cfg.hnsw.m,
+                cfg.hnsw.ef_construction,
+                capacity,
+            )),
+        }
+    }
+
+    fn reserve(&mut self, nodes: usize) {
+        if let Ann::Graph(g) = self {
+            g.reserve(nodes)
+        }
+    }
+
+    fn insert(&self, vectors: &[f32], dim: usize, node: u32) {
+        match self {
+            Ann::Graph(g) => g.insert(vectors, node),
+            Ann::HnswRs(h) => h.insert(vectors, dim, node),
+        }
+    }
+
+    /// (score, slot) of the `k` nearest accepted slots.
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &self,
+        st_vector: &dyn Fn(usize) -> f32,
+        vectors: &[f32],
+        metric: Metric,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<(f32, usize)> {
+        match self {
+            Ann::Graph(g) => g
+                .search(vectors, q, k, ef, filter)
+                .into_iter()
+                .map(|n| (metric.score_of_distance(n.d), n.n as usize))
+                .collect(),
+            Ann::HnswRs(h) => h
+                .search(q, k, ef, filter)
+                .into_iter()
+                .map(|n| (st_vector(n as usize), n as usize))
+                .collect(),
+        }
+    }
+
+    fn encode(&self, nodes: usize, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Ann::Graph(g) => {
+                g.encode(nodes, out);
+                Ok(())
+            }
+            Ann::HnswRs(h) => h.encode(out),
+        }
+    }
+
+    fn decode(&mut self, r: &mut wal::Reader<'_>, nodes: usize, metric: Metric) -> Result<()> {
+        match self {
+            Ann::Graph(g) => g.decode(r, nodes),
+            Ann::HnswRs(h) => {
+                *h = HnswRs::decode(r, metric)?;
+                Ok(())
+            }
+        }
+    }
+}
+
 struct Entry {
     slot: usize,
     text: String,
@@ -151,7 +267,7 @@ struct State {
     /// Slot vectors, `dim` floats each, as stored (normalised for cosine).
     vectors: Vec<f32>,
     dim: usize,
-    graph: Graph,
+    graph: Ann,
     /// Slots below this are in the graph; advanced by the indexer.
     indexed: AtomicUsize,
     tombstones: usize,
@@ -199,7 +315,7 @@ impl State {
             ids: Vec::new(),
             vectors: Vec::new(),
             dim: cfg.dim,
-            graph: Graph::new(cfg.dim, cfg.metric, cfg.hnsw.m, cfg.hnsw.ef_construction),
+            graph: Ann::new(cfg, 0),
             indexed: AtomicUsize::new(0),
             tombstones: 0,
         }
@@ -260,13 +376,14 @@ impl State {
         nodes
             .par_iter()
             .with_min_len(8)
-            .for_each(|&n| self.graph.insert(&self.vectors, n));
+            .for_each(|&n| self.graph.insert(&self.vectors, self.dim, n));
         self.indexed.store(to, Ordering::Release);
     }
 
     /// Loads a snapshot: its slots, and its graph when it has one.
     fn from_snapshot(cfg: &CollectionConfig, snap: snapshot::Snapshot) -> Result<Self> {
         let mut st = State::empty(cfg);
+        st.graph = Ann::new(cfg, snap.slots.len());
         st.graph.reserve(snap.slots.len());
         for d in snap.slots {
             if d.vector.len() != cfg.dim {
@@ -281,7 +398,7 @@ impl State {
         }
         if let Some(links) = &snap.links {
             let mut r = wal::Reader::new(links);
-            st.graph.decode(&mut r, snap.indexed)?;
+            st.graph.decode(&mut r, snap.indexed, cfg.metric)?;
             if !r.done() {
                 return Err(IndexError::Corrupt("trailing bytes after the graph".into()));
             }
@@ -291,7 +408,7 @@ impl State {
     }
 
     /// The snapshot body: every slot, then the graph over the indexed ones.
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         let none = Value::Null;
         wal::put_u32(out, self.ids.len() as u32);
         for (slot, id) in self.ids.iter().enumerate() {
@@ -306,7 +423,7 @@ impl State {
         }
         let indexed = self.indexed.load(Ordering::Acquire);
         wal::put_u32(out, indexed as u32);
-        self.graph.encode(indexed, out);
+        self.graph.encode(indexed, out)
     }
 
     fn live_docs(&self) -> Vec<Doc> {
@@ -325,6 +442,7 @@ impl State {
     fn compacted(&self, cfg: &CollectionConfig) -> State {
         let mut st = State::empty(cfg);
         let live: Vec<&String> = self.ids.iter().flatten().collect();
+        st.graph = Ann::new(cfg, live.len());
         st.graph.reserve(live.len());
         st.vectors.reserve(live.len() * self.dim);
         for id in live {
@@ -740,10 +858,7 @@ impl Collection {
             let filter: Option<&dyn Fn(u32) -> bool> = if clean { None } else { Some(&accept) };
             scored = st
                 .graph
-                .search(&st.vectors, &q, req.k, ef, filter)
-                .into_iter()
-                .map(|n| (metric.score_of_distance(n.d), n.n as usize))
-                .collect();
+                .search(&score, &st.vectors, metric, &q, req.k, ef, filter);
             scored.extend(
                 (indexed..st.ids.len())
                     .filter(|&s| keep(s))

@@ -19,14 +19,19 @@
 //! | `filter.rs` | metadata filters |
 //! | `metric.rs` | metrics, scores, the graph's distance |
 //!
-//! The graph is ours, not a crate's: hnsw_rs (used first) searched 3.5–4× slower
-//! than hnswlib single-threaded and could not persist its graph beside our slots.
-//! No graph type appears in the public API, so another engine can stand behind it.
+//! | `hnswrs.rs` | the `hnsw_rs` engine, behind the same collection code |
+//! | `store.rs` | the store interface (embedded engine and Milvus) |
+//! | `milvus.rs` | the Milvus store |
+//!
+//! The default graph is ours; `Engine::HnswRs` puts the hnsw_rs crate's graph
+//! behind the same log, slots, filters and snapshots (a cross-check of ours, and the
+//! engine the first design named). No graph type appears in the public API.
 
 mod collection;
 mod error;
 mod filter;
 mod graph;
+mod hnswrs;
 mod metric;
 pub mod milvus;
 mod snapshot;
@@ -40,8 +45,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 pub use collection::{
-    Collection, CollectionConfig, Hit, HnswParams, SearchRequest, Space, Stats, EXACT_BELOW,
-    MAX_UNINDEXED,
+    Collection, CollectionConfig, Engine, Hit, HnswParams, SearchRequest, Space, Stats,
+    EXACT_BELOW, MAX_UNINDEXED,
 };
 pub use error::{IndexError, Result};
 pub use filter::Filter;

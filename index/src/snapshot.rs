@@ -34,11 +34,15 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<u64>> {
 }
 
 /// Writes a snapshot whose body `fill` appends (slots, then graph).
-pub(crate) fn write(dir: &Path, gen: u64, fill: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+pub(crate) fn write(
+    dir: &Path,
+    gen: u64,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     put_u32(&mut out, VERSION);
-    fill(&mut out);
+    fill(&mut out)?;
     let crc = crc32fast::hash(&out[12..]);
     put_u32(&mut out, crc);
     crate::write_atomic(&path(dir, gen), &out)

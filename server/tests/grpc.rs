@@ -170,6 +170,7 @@ async fn every_rpc_round_trips() {
                 ef: Some(32),
             }),
             store: String::new(),
+            engine: String::new(),
         })
         .await
         .unwrap()
@@ -420,6 +421,7 @@ async fn bad_requests_get_mapped_status_codes() {
         metric: String::new(),
         hnsw: None,
         store: String::new(),
+        engine: String::new(),
     };
     collections
         .create_collection(with_key("adm", create()))
@@ -439,6 +441,7 @@ async fn bad_requests_get_mapped_status_codes() {
                 metric: "manhattan".into(),
                 hnsw: None,
                 store: String::new(),
+                engine: String::new(),
             },
         ))
         .await

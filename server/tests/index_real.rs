@@ -90,6 +90,7 @@ fn graph_recall_on_real_embeddings_within_budget_and_after_reopening() {
                 metric: Metric::Cosine,
                 hnsw: HnswParams::default(),
                 space: Space::default(),
+                engine: Default::default(),
             })
             .unwrap();
         let docs: Vec<Doc> = ids

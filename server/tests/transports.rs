@@ -254,6 +254,7 @@ async fn the_same_scenarios_give_equal_results_over_both() {
                 ef: None,
             }),
             store: String::new(),
+            engine: String::new(),
         })
         .await
         .unwrap()

@@ -2,14 +2,19 @@
 //! collection as fast as it can and prints `ack N` after batch N is durable, until
 //! it is killed.
 //!
-//!     crash_writer DIR
+//!     crash_writer DIR [graph|hnsw_rs]
 
 use std::io::Write;
 
-use aside_index::{CollectionConfig, Doc, HnswParams, Index, Metric, Space};
+use aside_index::{CollectionConfig, Doc, Engine, HnswParams, Index, Metric, Space};
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: crash_writer DIR");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: crash_writer DIR [ENGINE]");
+    let engine: Engine = std::env::args()
+        .nth(2)
+        .map_or(Engine::Graph, |e| e.parse().expect("engine"));
     let index = Index::open(std::path::Path::new(&dir)).expect("open");
     let c = match index.get("crash") {
         Ok(c) => c,
@@ -17,9 +22,15 @@ fn main() {
             .create(CollectionConfig {
                 name: "crash".into(),
                 dim: 8,
-                metric: Metric::Dot,
+                // hnsw_rs orders by l2 or cosine (these vectors are not unit).
+                metric: if engine == Engine::HnswRs {
+                    Metric::L2
+                } else {
+                    Metric::Dot
+                },
                 hnsw: HnswParams::default(),
                 space: Space::default(),
+                engine,
             })
             .expect("create"),
     };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use aside_index::{CollectionConfig, Doc, HnswParams, Index, Metric, SearchRequest, Space};
+use aside_index::{CollectionConfig, Doc, Engine, HnswParams, Index, Metric, SearchRequest, Space};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -31,6 +31,9 @@ pub struct BenchIndexArgs {
     /// Documents for the durable-upsert measurement.
     #[arg(long, default_value_t = 20000)]
     pub upserts: usize,
+    /// Graph engines to measure, comma-separated: graph (ours), hnsw_rs.
+    #[arg(long, default_value = "graph")]
+    pub engines: String,
     /// Also measure the Milvus store at this address (`http://host:19530`), on the
     /// same vectors and queries, recall against the same exact neighbours.
     #[arg(long)]
@@ -52,6 +55,42 @@ fn read_f32(path: &PathBuf, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
 pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
     let base = read_f32(&a.vectors, a.dim)?;
     let queries = read_f32(&a.queries, a.dim)?;
+    let engines = a
+        .engines
+        .split(',')
+        .map(|e| e.trim().parse::<Engine>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut exact = None;
+    for (i, engine) in engines.iter().enumerate() {
+        exact = Some(run_engine(
+            &a,
+            *engine,
+            &base,
+            &queries,
+            exact,
+            i + 1 == engines.len(),
+        )?);
+    }
+    Ok(())
+}
+
+fn engine_name(e: Engine) -> &'static str {
+    match e {
+        Engine::Graph => "aside",
+        Engine::HnswRs => "hnsw_rs",
+    }
+}
+
+/// One engine's rows; returns the exact neighbours (computed once, by the first).
+fn run_engine(
+    a: &BenchIndexArgs,
+    engine: Engine,
+    base: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    exact: Option<Vec<Vec<String>>>,
+    last: bool,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let name = engine_name(engine);
     let dir = tempfile::tempdir()?;
     let index = Index::open(dir.path())?;
     let cfg = |name: &str| CollectionConfig {
@@ -64,6 +103,7 @@ pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
             ef: 64,
         },
         space: Space::default(),
+        engine,
     };
     let c = index.create(cfg("bench"))?;
     let docs: Vec<Doc> = base
@@ -84,24 +124,27 @@ pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
     c.wait_indexed();
     let build = t0.elapsed().as_secs_f64();
     println!(
-        "{{\"engine\": \"aside\", \"n\": {}, \"build_s\": {build:.2}}}",
+        "{{\"engine\": \"{name}\", \"n\": {}, \"build_s\": {build:.2}}}",
         base.len()
     );
     // Exact neighbours once, then each ef single-threaded.
-    let exact: Vec<Vec<String>> = queries
-        .iter()
-        .map(|q| {
-            let r = SearchRequest {
-                vector: q,
-                k: 10,
-                ef: None,
-                filter: None,
-                threshold: None,
-                exact: true,
-            };
-            c.search(&r).map(|h| h.into_iter().map(|x| x.id).collect())
-        })
-        .collect::<Result<_, _>>()?;
+    let exact: Vec<Vec<String>> = match exact {
+        Some(e) => e,
+        None => queries
+            .iter()
+            .map(|q| {
+                let r = SearchRequest {
+                    vector: q,
+                    k: 10,
+                    ef: None,
+                    filter: None,
+                    threshold: None,
+                    exact: true,
+                };
+                c.search(&r).map(|h| h.into_iter().map(|x| x.id).collect())
+            })
+            .collect::<Result<_, _>>()?,
+    };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     for ef in a.ef.split(',').map(|s| s.trim().parse::<usize>()) {
         let ef = ef.context("--ef takes numbers")?;
@@ -123,7 +166,7 @@ pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
             Ok((t0.elapsed().as_secs_f64(), found))
         })?;
         println!(
-            "{{\"engine\": \"aside\", \"ef\": {ef}, \"recall@10\": {:.4}, \"qps\": {:.0}}}",
+            "{{\"engine\": \"{name}\", \"ef\": {ef}, \"recall@10\": {:.4}, \"qps\": {:.0}}}",
             found as f64 / (10 * queries.len()) as f64,
             queries.len() as f64 / secs
         );
@@ -157,19 +200,21 @@ pub fn run(a: BenchIndexArgs) -> anyhow::Result<()> {
     let (empty, empty_indexed) = durable(&index.create(cfg("durable"))?, "");
     let (loaded, loaded_indexed) = durable(&c, "u");
     println!(
-        "{{\"engine\": \"aside\", \"durable_upserts_per_s\": {empty:.0}, \"indexed_s\": {empty_indexed:.2}, \
+        "{{\"engine\": \"{name}\", \"durable_upserts_per_s\": {empty:.0}, \"indexed_s\": {empty_indexed:.2}, \
          \"durable_upserts_per_s_loaded\": {loaded:.0}, \"loaded_indexed_s\": {loaded_indexed:.2}, \
          \"n\": {n}, \"base\": {}}}",
         base.len()
     );
-    if let Some(url) = &a.milvus_url {
+    if let Some(url) = a.milvus_url.as_ref().filter(|_| last) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        rt.block_on(milvus(&a, url, cfg("bench"), &docs, &queries, &exact, n))?;
+        let mut config = cfg("bench");
+        config.engine = Engine::Graph;
+        rt.block_on(milvus(a, url, config, &docs, queries, &exact, n))?;
     }
-    Ok(())
+    Ok(exact)
 }
 
 /// The same measurements through the Milvus store: build (acknowledged upserts of

@@ -283,6 +283,7 @@ fn hnsw_runs(
         metric: Metric::Dot,
         hnsw: HnswParams::default(),
         space: Space::default(),
+        engine: Default::default(),
     })?;
     let batch: Vec<Doc> = data
         .corpus

@@ -91,6 +91,7 @@ impl Core {
             status: status(&cfg, job.as_ref()),
             reembed: job,
             store: c.kind().into(),
+            engine: cfg.engine.into(),
             name: cfg.name,
             adapter: cfg.space.adapter,
             adapter_version: cfg.space.adapter_version,
@@ -158,11 +159,17 @@ impl Core {
                 adapter,
                 adapter_version: version,
             },
+            engine: r.engine.map(Into::into).unwrap_or_default(),
         };
         config.validate()?;
-        let store = self
-            .stores
-            .store(r.store.map_or(self.stores.default, Into::into))?;
+        let kind = r.store.map_or(self.stores.default, Into::into);
+        if kind != StoreKind::Local && r.engine.is_some_and(|e| e != super::types::Engine::Graph) {
+            return Err(Error::invalid(
+                "engine",
+                "the engine applies to local collections; a Milvus collection uses Milvus's HNSW",
+            ));
+        }
+        let store = self.stores.store(kind)?;
         // A name is unique across the stores.
         match self.stores.open(name).await {
             Ok(_) => {

@@ -135,6 +135,43 @@ pub struct CreateCollectionRequest {
     /// cluster given by --milvus-url, shared by every replica); absent: --store.
     #[serde(default)]
     pub store: Option<Store>,
+    /// The graph of a local collection: `graph` (aside's own, the default) or
+    /// `hnsw_rs` (the hnsw_rs crate; cosine or l2).
+    #[serde(default)]
+    pub engine: Option<Engine>,
+}
+
+/// The graph engine of a local collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    Graph,
+    HnswRs,
+}
+
+impl From<Engine> for aside_index::Engine {
+    fn from(e: Engine) -> Self {
+        match e {
+            Engine::Graph => aside_index::Engine::Graph,
+            Engine::HnswRs => aside_index::Engine::HnswRs,
+        }
+    }
+}
+
+impl From<aside_index::Engine> for Engine {
+    fn from(e: aside_index::Engine) -> Self {
+        match e {
+            aside_index::Engine::Graph => Engine::Graph,
+            aside_index::Engine::HnswRs => Engine::HnswRs,
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<aside_index::Engine>().map(Engine::from)
+    }
 }
 
 /// Which store holds a collection.
@@ -193,6 +230,8 @@ pub struct CollectionInfo {
     pub name: String,
     /// Where the collection lives.
     pub store: Store,
+    /// The graph engine (local collections; Milvus collections use Milvus's).
+    pub engine: Engine,
     pub adapter: Option<String>,
     pub adapter_version: Option<String>,
     /// sha256 of the backbone the vectors were made with.

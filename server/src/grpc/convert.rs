@@ -97,6 +97,10 @@ pub fn collection(c: &t::CollectionInfo) -> pb::Collection {
         }),
         tombstones: c.tombstones as u64,
         unindexed: c.unindexed as u64,
+        engine: serde_json::to_value(c.engine)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         store: serde_json::to_value(c.store)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

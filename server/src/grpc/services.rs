@@ -104,6 +104,10 @@ impl collections_server::Collections for Services {
             .map(|m| m.parse::<t::Store>())
             .transpose()
             .map_err(|e| status(Error::invalid("store", e)))?;
+        let engine = given(r.engine)
+            .map(|m| m.parse::<t::Engine>())
+            .transpose()
+            .map_err(|e| status(Error::invalid("engine", e)))?;
         let out = self
             .core
             .create_collection(
@@ -113,6 +117,7 @@ impl collections_server::Collections for Services {
                     metric,
                     hnsw: r.hnsw.map(convert::hnsw),
                     store,
+                    engine,
                 },
             )
             .await
