@@ -243,11 +243,16 @@ impl Ann {
         }
     }
 
-    fn decode(&mut self, r: &mut wal::Reader<'_>, nodes: usize, metric: Metric) -> Result<()> {
+    fn decode(
+        &mut self,
+        r: &mut wal::Reader<'_>,
+        nodes: usize,
+        cfg: &CollectionConfig,
+    ) -> Result<()> {
         match self {
             Ann::Graph(g) => g.decode(r, nodes),
             Ann::HnswRs(h) => {
-                *h = HnswRs::decode(r, metric)?;
+                *h = HnswRs::decode(r, cfg.metric, cfg.hnsw.m, cfg.hnsw.ef_construction)?;
                 Ok(())
             }
         }
@@ -398,7 +403,7 @@ impl State {
         }
         if let Some(links) = &snap.links {
             let mut r = wal::Reader::new(links);
-            st.graph.decode(&mut r, snap.indexed, cfg.metric)?;
+            st.graph.decode(&mut r, snap.indexed, cfg)?;
             if !r.done() {
                 return Err(IndexError::Corrupt("trailing bytes after the graph".into()));
             }

@@ -87,8 +87,21 @@ impl HnswRs {
         found.into_iter().map(|n| n.d_id as u32).collect()
     }
 
-    /// hnsw_rs's dump (graph file, data file), framed for our snapshot.
+    fn points(&self) -> usize {
+        match &self.inner {
+            Inner::Dot(h) => h.get_nb_point(),
+            Inner::L2(h) => h.get_nb_point(),
+        }
+    }
+
+    /// hnsw_rs's dump (graph file, data file), framed for our snapshot; an empty
+    /// graph (hnsw_rs cannot dump one) is a 0.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        if self.points() == 0 {
+            out.push(0);
+            return Ok(());
+        }
+        out.push(1);
         let dir = tempfile::tempdir().map_err(|e| IndexError::Backend(e.to_string()))?;
         let dumped = match &self.inner {
             Inner::Dot(h) => h.file_dump(dir.path(), "g"),
@@ -106,7 +119,15 @@ impl HnswRs {
 
     /// Reads what [`HnswRs::encode`] wrote. Each load keeps hnsw_rs's small loader
     /// alive for the process's life (the loaded graph borrows it).
-    pub fn decode(r: &mut wal::Reader<'_>, metric: Metric) -> Result<Self> {
+    pub fn decode(
+        r: &mut wal::Reader<'_>,
+        metric: Metric,
+        m: usize,
+        ef_construction: usize,
+    ) -> Result<Self> {
+        if r.u8()? == 0 {
+            return Ok(HnswRs::new(metric, m, ef_construction, 0));
+        }
         let dir = tempfile::tempdir().map_err(|e| IndexError::Backend(e.to_string()))?;
         for ext in ["hnsw.graph", "hnsw.data"] {
             let n = r.u64()? as usize;

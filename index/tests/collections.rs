@@ -187,6 +187,8 @@ mod scenarios {
         {
             let index = Index::open(dir.path()).unwrap();
             let c = index.create(config(engine, "p", 8, Metric::L2)).unwrap();
+            // An empty graph snapshots too (hnsw_rs cannot dump one: a marker).
+            c.snapshot().unwrap();
             c.upsert(all[..100].to_vec()).unwrap();
             c.snapshot().unwrap();
             c.upsert(all[100..200].to_vec()).unwrap();

@@ -25,6 +25,10 @@ print("ok adapters: file, PEFT folder, list, get")
 
 col = c.create_collection("docs", adapter="ret", hnsw={"m": 8})
 assert col.adapter == "ret" and col.adapter_version == a.version and col.count == 0
+assert col.details["store"] == "local" and col.details["engine"] == "graph", col.details
+h = c.create_collection("other-graph", engine="hnsw_rs", store="local", metric="l2")
+assert h.details["engine"] == "hnsw_rs" and h.metric == "l2", h.details
+c.delete_collection("other-graph")
 seen = []
 docs = [{"id": f"d{i}", "text": f"document {i} about {'cells' if i % 2 else 'stocks'}",
          "metadata": {"even": i % 2 == 0}} for i in range(25)]

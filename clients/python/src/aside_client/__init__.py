@@ -186,8 +186,15 @@ class Client:
     # ---------------------------------------------------------------- collections
 
     def create_collection(self, name: str, adapter: Optional[str] = None, metric: Optional[str] = None,
-                          hnsw: Optional[Dict[str, int]] = None) -> Collection:
+                          hnsw: Optional[Dict[str, int]] = None, store: Optional[str] = None,
+                          engine: Optional[str] = None) -> Collection:
+        """`store`: "local" or "milvus" (the server's --store when unset); `engine`:
+        a local collection's graph, "graph" (default) or "hnsw_rs"."""
         body: Dict[str, Any] = {}
+        if store is not None:
+            body["store"] = store
+        if engine is not None:
+            body["engine"] = engine
         if adapter is not None:
             body["adapter"] = adapter
         if metric is not None:
