@@ -614,43 +614,12 @@ impl Collection {
         &self.damage
     }
 
-    fn check_vector(&self, id: &str, v: &mut [f32]) -> Result<()> {
-        let cfg = self.config.read();
-        if v.len() != cfg.dim {
-            return Err(IndexError::WrongDimension {
-                id: id.to_owned(),
-                expected: cfg.dim,
-                got: v.len(),
-            });
-        }
-        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-            return Err(IndexError::NotFinite {
-                id: id.to_owned(),
-                index,
-            });
-        }
-        if cfg.metric == Metric::Cosine {
-            if v.iter().all(|x| *x == 0.0) {
-                return Err(IndexError::ZeroVector { id: id.to_owned() });
-            }
-            normalize(v);
-        }
-        Ok(())
-    }
-
     /// Inserts or replaces documents. The whole batch is validated first (nothing is
     /// stored if any document is bad) and the call returns once it is durable.
     pub fn upsert(self: &Arc<Self>, mut docs: Vec<Doc>) -> Result<usize> {
-        let mut seen = std::collections::HashSet::new();
-        for d in docs.iter_mut() {
-            if d.id.is_empty() || d.id.len() > 512 {
-                return Err(IndexError::BadId(d.id.len()));
-            }
-            if !seen.insert(d.id.clone()) {
-                return Err(IndexError::DuplicateId(d.id.clone()));
-            }
-            let id = d.id.clone();
-            self.check_vector(&id, &mut d.vector)?;
+        {
+            let cfg = self.config.read();
+            check_docs(&mut docs, cfg.dim, cfg.metric)?;
         }
         let n = docs.len();
         if n == 0 {
@@ -894,6 +863,42 @@ impl Collection {
             })
             .collect())
     }
+}
+
+/// Checks a batch before any store takes it: ids 1-512 bytes and unique, vectors
+/// of the collection's dimension and finite; for cosine, non-zero and normalised
+/// in place.
+pub(crate) fn check_docs(docs: &mut [Doc], dim: usize, metric: Metric) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for d in docs.iter_mut() {
+        if d.id.is_empty() || d.id.len() > 512 {
+            return Err(IndexError::BadId(d.id.len()));
+        }
+        if !seen.insert(d.id.as_str()) {
+            return Err(IndexError::DuplicateId(d.id.clone()));
+        }
+        let v = &mut d.vector;
+        if v.len() != dim {
+            return Err(IndexError::WrongDimension {
+                id: d.id.clone(),
+                expected: dim,
+                got: v.len(),
+            });
+        }
+        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+            return Err(IndexError::NotFinite {
+                id: d.id.clone(),
+                index,
+            });
+        }
+        if metric == Metric::Cosine {
+            if v.iter().all(|x| *x == 0.0) {
+                return Err(IndexError::ZeroVector { id: d.id.clone() });
+            }
+            normalize(v);
+        }
+    }
+    Ok(())
 }
 
 fn write_manifest(dir: &Path, config: &CollectionConfig) -> Result<()> {

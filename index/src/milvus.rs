@@ -336,6 +336,26 @@ impl MilvusStore {
     }
 
     /// Waits until Milvus serves the collection (a cluster loads it in the background).
+    /// The names of its collections (one call: the aliases), sorted.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let r = c
+            .list_aliases(
+                mv::ListAliasesRequest::builder()
+                    .build()
+                    .map_err(self.err("list aliases"))?,
+            )
+            .await
+            .map_err(self.err("list aliases"))?;
+        let mut names: Vec<String> = r
+            .aliases()
+            .iter()
+            .filter_map(|a| name_of_alias(a))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn wait_loaded(&self, physical: &str) -> Result<()> {
         let c = self.client().await?;
         for _ in 0..600 {
@@ -482,23 +502,8 @@ impl Store for Arc<MilvusStore> {
     }
 
     async fn list(&self) -> Result<Vec<Arc<dyn StoredCollection>>> {
-        let c = self.client().await?;
-        let r = c
-            .list_aliases(
-                mv::ListAliasesRequest::builder()
-                    .build()
-                    .map_err(self.err("list aliases"))?,
-            )
-            .await
-            .map_err(self.err("list aliases"))?;
-        let mut names: Vec<String> = r
-            .aliases()
-            .iter()
-            .filter_map(|a| name_of_alias(a))
-            .collect();
-        names.sort();
         let mut out = Vec::new();
-        for n in names {
+        for n in self.names().await? {
             match self.open(&n).await {
                 Ok(h) => out.push(h),
                 // Dropped between the listing and now.
@@ -606,27 +611,8 @@ impl MilvusCollection {
 
     /// Documents Milvus can hold, checked before anything is sent.
     fn check(&self, docs: &mut [Doc]) -> Result<()> {
-        let mut seen = std::collections::HashSet::new();
-        for d in docs.iter_mut() {
-            if d.id.is_empty() || d.id.len() > 512 {
-                return Err(IndexError::BadId(d.id.len()));
-            }
-            if !seen.insert(d.id.clone()) {
-                return Err(IndexError::DuplicateId(d.id.clone()));
-            }
-            if d.vector.len() != self.config.dim {
-                return Err(IndexError::WrongDimension {
-                    id: d.id.clone(),
-                    expected: self.config.dim,
-                    got: d.vector.len(),
-                });
-            }
-            if let Some(i) = d.vector.iter().position(|x| !x.is_finite()) {
-                return Err(IndexError::NotFinite {
-                    id: d.id.clone(),
-                    index: i,
-                });
-            }
+        crate::collection::check_docs(docs, self.config.dim, self.config.metric)?;
+        for d in docs.iter() {
             if d.text.len() > MAX_TEXT_BYTES {
                 return Err(IndexError::TooLarge(format!(
                     "document `{}`: text of {} bytes; the Milvus store holds at most {MAX_TEXT_BYTES} bytes of text (Milvus's VARCHAR limit)",
@@ -640,13 +626,6 @@ impl MilvusCollection {
                     "document `{}`: metadata of {meta} bytes; the Milvus store holds at most {MAX_METADATA_BYTES} (Milvus's JSON field limit)",
                     d.id
                 )));
-            }
-            if self.config.metric == Metric::Cosine {
-                let n = d.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if n == 0.0 {
-                    return Err(IndexError::ZeroVector { id: d.id.clone() });
-                }
-                d.vector.iter_mut().for_each(|x| *x /= n);
             }
         }
         Ok(())

@@ -19,6 +19,17 @@ fn ids(r: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The ten best documents with `even: true`, through the graph or exactly.
+fn search(s: &Server, name: &str, q: &str, exact: bool) -> Value {
+    let (st, r) = s.call(
+        "POST",
+        &format!("/v1/collections/{name}/search"),
+        Some(&json!({"query": q, "k": 10, "ef": 128, "exact": exact, "filter": {"even": true}})),
+    );
+    assert_eq!(st, 200, "{r}");
+    r
+}
+
 #[test]
 fn hnsw_rs_collections_search_like_exact_search_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,23 +93,12 @@ fn hnsw_rs_collections_search_like_exact_search_and_survive_a_restart() {
     let queries: Vec<String> = (0..30)
         .map(|i| format!("topic {i} and {}", i % 11))
         .collect();
-    let search = |name: &str, q: &str, exact: bool| -> Value {
-        let (st, r) = s.call(
-            "POST",
-            &format!("/v1/collections/{name}/search"),
-            Some(
-                &json!({"query": q, "k": 10, "ef": 128, "exact": exact, "filter": {"even": true}}),
-            ),
-        );
-        assert_eq!(st, 200, "{r}");
-        r
-    };
     let mut before = Vec::new();
     for name in ["h", "g"] {
         let (mut found, mut total) = (0, 0);
         for q in &queries {
-            let exact = ids(&search(name, q, true));
-            let approx = search(name, q, false);
+            let exact = ids(&search(&s, name, q, true));
+            let approx = search(&s, name, q, false);
             assert!(approx["hits"]
                 .as_array()
                 .unwrap()
@@ -123,7 +123,7 @@ fn hnsw_rs_collections_search_like_exact_search_and_survive_a_restart() {
         None,
     );
     assert_eq!(st, 200);
-    assert!(!ids(&search("h", &queries[0], false)).contains(&gone));
+    assert!(!ids(&search(&s, "h", &queries[0], false)).contains(&gone));
     s.stop();
 
     // After a restart (log replay; the graph rebuilt behind it): every document,
@@ -135,21 +135,10 @@ fn hnsw_rs_collections_search_like_exact_search_and_survive_a_restart() {
         (Some("hnsw_rs"), Some(2599)),
         "{c}"
     );
-    let search = |name: &str, q: &str, exact: bool| -> Value {
-        let (st, r) = s.call(
-            "POST",
-            &format!("/v1/collections/{name}/search"),
-            Some(
-                &json!({"query": q, "k": 10, "ef": 128, "exact": exact, "filter": {"even": true}}),
-            ),
-        );
-        assert_eq!(st, 200, "{r}");
-        r
-    };
     let (mut found, mut total) = (0, 0);
     for q in &queries {
-        let exact = ids(&search("h", q, true));
-        let approx = ids(&search("h", q, false));
+        let exact = ids(&search(&s, "h", q, true));
+        let approx = ids(&search(&s, "h", q, false));
         assert!(!approx.contains(&gone));
         found += approx.iter().filter(|i| exact.contains(i)).count();
         total += exact.len();

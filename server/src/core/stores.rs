@@ -118,7 +118,9 @@ impl Stores {
     /// Why the Milvus store does not answer, if it is configured and does not.
     pub async fn unreachable(&self) -> Option<String> {
         let m = self.milvus.as_ref()?;
-        match m.list().await {
+        // One call (the aliases), not a description of every collection: /ready is
+        // probed often.
+        match m.names().await {
             Ok(l) => {
                 self.milvus_count.store(l.len(), Ordering::Relaxed);
                 None

@@ -73,20 +73,23 @@ pub fn given(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// A unit enum's JSON name (`ready`, `cosine`, `hnsw_rs`, `milvus`), as the proto
+/// strings carry it.
+fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 pub fn collection(c: &t::CollectionInfo) -> pb::Collection {
     pb::Collection {
         name: c.name.clone(),
         adapter: c.adapter.clone().unwrap_or_default(),
         adapter_version: c.adapter_version.clone().unwrap_or_default(),
         count: c.count as u64,
-        status: serde_json::to_value(c.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        metric: serde_json::to_value(c.metric)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        status: wire_name(&c.status),
+        metric: wire_name(&c.metric),
         dim: c.dim as u32,
         details: to_struct(c),
         backbone: c.backbone.clone(),
@@ -97,14 +100,8 @@ pub fn collection(c: &t::CollectionInfo) -> pb::Collection {
         }),
         tombstones: c.tombstones as u64,
         unindexed: c.unindexed as u64,
-        engine: serde_json::to_value(c.engine)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        store: serde_json::to_value(c.store)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        engine: wire_name(&c.engine),
+        store: wire_name(&c.store),
         reembed: c.reembed.as_ref().map(|r| pb::Reembed {
             target_version: r.target_version.clone(),
             done: r.done as u64,
