@@ -253,6 +253,7 @@ fn replay_seed(root: &Path) -> BTreeMap<String, Vec<u8>> {
             hnsw: HnswParams::default(),
             space: Space::default(),
             engine: Default::default(),
+            lexical: None,
         })
         .unwrap();
     let doc = |i: usize| Doc {

@@ -21,6 +21,7 @@ use crate::error::{io_err, IndexError, Result};
 use crate::filter::Filter;
 use crate::graph::Graph;
 use crate::hnswrs::HnswRs;
+use crate::lexical::{self, LexOp, Lexical, LexicalSettings};
 use crate::metric::Metric;
 use crate::snapshot;
 use crate::wal::{self, Doc, Op, Wal};
@@ -100,6 +101,10 @@ pub struct CollectionConfig {
     /// The graph engine (manifests written before engines existed: ours).
     #[serde(default)]
     pub engine: Engine,
+    /// The lexical (BM25) index's analyzer; none: no lexical index (and manifests
+    /// written before lexical search existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<LexicalSettings>,
 }
 
 impl CollectionConfig {
@@ -120,6 +125,9 @@ impl CollectionConfig {
         }
         if !(1..=4096).contains(&self.hnsw.ef) {
             return bad(format!("hnsw.ef {} is out of range 1..=4096", self.hnsw.ef));
+        }
+        if let Some(l) = &self.lexical {
+            l.validate()?;
         }
         if self.engine == Engine::HnswRs && !crate::hnswrs::supports(self.metric) {
             return bad(format!(
@@ -149,6 +157,16 @@ pub struct SearchRequest<'a> {
     pub threshold: Option<f32>,
     /// Brute force instead of the graph.
     pub exact: bool,
+}
+
+/// A lexical (BM25) search.
+#[derive(Debug, Clone)]
+pub struct LexicalRequest<'a> {
+    pub text: &'a str,
+    pub k: usize,
+    pub filter: Option<&'a Filter>,
+    /// Drop hits whose BM25 score is below this.
+    pub threshold: Option<f32>,
 }
 
 /// One result, best first.
@@ -261,6 +279,8 @@ impl Ann {
 
 struct Entry {
     slot: usize,
+    /// The lexical key of this version (0 without a lexical index).
+    key: u64,
     text: String,
     metadata: Value,
 }
@@ -276,6 +296,9 @@ struct State {
     /// Slots below this are in the graph; advanced by the indexer.
     indexed: AtomicUsize,
     tombstones: usize,
+    /// With a lexical index: the live documents' lexical keys → slot.
+    lexical: bool,
+    lex_keys: HashMap<u64, usize>,
 }
 
 struct Writer {
@@ -298,6 +321,8 @@ pub struct Collection {
     warnings: Vec<String>,
     /// What opening found lost (corrupt log records skipped).
     damage: Vec<String>,
+    /// The BM25 index (collections with `lexical` settings, except staging copies).
+    lexical: Option<Lexical>,
 }
 
 impl std::fmt::Debug for Collection {
@@ -323,6 +348,8 @@ impl State {
             graph: Ann::new(cfg, 0),
             indexed: AtomicUsize::new(0),
             tombstones: 0,
+            lexical: cfg.lexical.is_some(),
+            lex_keys: HashMap::new(),
         }
     }
 
@@ -330,7 +357,8 @@ impl State {
         &self.vectors[slot * self.dim..][..self.dim]
     }
 
-    fn push(&mut self, d: Doc) {
+    /// Adds a slot; the lexical changes it makes go to `lex`.
+    fn push(&mut self, d: Doc, lex: &mut Vec<LexOp>) {
         let slot = self.ids.len();
         self.vectors.extend_from_slice(&d.vector);
         if d.id.is_empty() {
@@ -338,34 +366,72 @@ impl State {
             self.tombstones += 1;
         } else {
             self.ids.push(Some(d.id.clone()));
+            let key = if self.lexical {
+                lexical::key(&d.id, &d.text)
+            } else {
+                0
+            };
+            let text = if self.lexical {
+                Some(d.text.clone())
+            } else {
+                None
+            };
             let e = Entry {
                 slot,
+                key,
                 text: d.text,
                 metadata: d.metadata,
             };
-            if let Some(old) = self.docs.insert(d.id, e) {
+            let old = self.docs.insert(d.id, e);
+            if let Some(old) = &old {
                 self.ids[old.slot] = None;
                 self.tombstones += 1;
+            }
+            if let Some(text) = text {
+                match old {
+                    // The same text again: the indexed version stays.
+                    Some(o) if o.key == key => {}
+                    o => {
+                        if let Some(o) = o {
+                            self.lex_keys.remove(&o.key);
+                            lex.push(LexOp::Delete(o.key));
+                        }
+                        lex.push(LexOp::Add { key, text });
+                    }
+                }
+                self.lex_keys.insert(key, slot);
             }
         }
     }
 
-    /// Applies a change to the maps; new slots join the tail for the indexer.
-    fn apply(&mut self, op: Op) {
+    /// Applies a change to the maps; new slots join the tail for the indexer. Returns
+    /// the changes the lexical index has to follow.
+    fn apply(&mut self, op: Op) -> Vec<LexOp> {
+        let mut lex = Vec::new();
         match op {
             Op::Upsert(docs) => {
                 self.graph.reserve(self.ids.len() + docs.len());
-                docs.into_iter().for_each(|d| self.push(d));
+                docs.into_iter().for_each(|d| self.push(d, &mut lex));
             }
             Op::Delete(ids) => {
                 for id in ids {
                     if let Some(old) = self.docs.remove(&id) {
                         self.ids[old.slot] = None;
                         self.tombstones += 1;
+                        if self.lexical {
+                            self.lex_keys.remove(&old.key);
+                            lex.push(LexOp::Delete(old.key));
+                        }
                     }
                 }
             }
         }
+        lex
+    }
+
+    /// The live documents as (lexical key, text).
+    fn lexical_docs(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.docs.values().map(|e| (e.key, e.text.as_str()))
     }
 
     fn unindexed(&self) -> usize {
@@ -399,7 +465,7 @@ impl State {
                     cfg.dim
                 )));
             }
-            st.push(d);
+            st.push(d, &mut Vec::new());
         }
         if let Some(links) = &snap.links {
             let mut r = wal::Reader::new(links);
@@ -452,12 +518,15 @@ impl State {
         st.vectors.reserve(live.len() * self.dim);
         for id in live {
             let e = &self.docs[id];
-            st.push(Doc {
-                id: id.clone(),
-                vector: self.vector(e.slot).to_vec(),
-                text: e.text.clone(),
-                metadata: e.metadata.clone(),
-            });
+            st.push(
+                Doc {
+                    id: id.clone(),
+                    vector: self.vector(e.slot).to_vec(),
+                    text: e.text.clone(),
+                    metadata: e.metadata.clone(),
+                },
+                &mut Vec::new(),
+            );
         }
         st.index(0, st.ids.len());
         st
@@ -467,15 +536,31 @@ impl State {
 impl Collection {
     /// Creates a new, empty collection in `dir` (which must not exist yet).
     pub(crate) fn create(dir: &Path, config: CollectionConfig) -> Result<Arc<Self>> {
+        Self::create_with(dir, config, false)
+    }
+
+    /// [`Collection::create`]; `staging`: a copy being filled by a re-embedding, which
+    /// nobody searches, gets no lexical index (the original's is linked in when it is
+    /// promoted).
+    pub(crate) fn create_with(
+        dir: &Path,
+        config: CollectionConfig,
+        staging: bool,
+    ) -> Result<Arc<Self>> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         write_manifest(dir, &config)?;
-        Self::open(dir)
+        Self::open_with(dir, staging)
     }
 
     /// Opens a collection: manifest, newest readable snapshot (slots and graph), then
-    /// the log after it. Slots the graph does not hold are indexed in the background.
+    /// the log after it, then the lexical index brought up to the documents. Slots the
+    /// graph does not hold are indexed in the background.
     pub(crate) fn open(dir: &Path) -> Result<Arc<Self>> {
+        Self::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, staging: bool) -> Result<Arc<Self>> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(io_err(&mpath))?;
         let m: Manifest = serde_json::from_str(&text)
@@ -523,6 +608,15 @@ impl Collection {
             }
         }
         let gen = segs.last().copied().unwrap_or(base).max(base);
+        let lexical = match (&config.lexical, staging) {
+            (Some(l), false) => Some(Lexical::open(
+                &dir.join("lexical"),
+                l,
+                state.lexical_docs(),
+                &mut warnings,
+            )?),
+            _ => None,
+        };
         let wal = Arc::new(Wal::open(wal::segment_path(dir, gen))?);
         let c = Arc::new(Collection {
             dir: dir.to_owned(),
@@ -535,6 +629,7 @@ impl Collection {
             compacting: AtomicBool::new(false),
             warnings,
             damage,
+            lexical,
         });
         c.kick_indexer();
         Ok(c)
@@ -542,18 +637,25 @@ impl Collection {
 
     /// Starts the background indexer unless it runs or there is nothing to index.
     fn kick_indexer(self: &Arc<Self>) {
-        if self.state.read().unindexed() == 0 || self.indexer_running.swap(true, Ordering::AcqRel) {
+        if !self.has_work() || self.indexer_running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let me = self.clone();
+        // Weak while it waits for a lexical commit: a collection dropped by everybody
+        // else is dropped at once (and its lexical writer's lock released).
+        let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("aside-indexer".into())
             .spawn(move || loop {
-                me.index_tail();
+                let Some(me) = weak.upgrade() else { return };
+                if let Some(d) = me.index_tail() {
+                    drop(me);
+                    std::thread::sleep(d.max(Duration::from_millis(5)));
+                    continue;
+                }
                 me.indexer_running.store(false, Ordering::Release);
                 // Work that arrived after the last turn and before the flag was cleared.
                 if Arc::strong_count(&me) == 1
-                    || me.state.read().unindexed() == 0
+                    || !me.has_work()
                     || me.indexer_running.swap(true, Ordering::AcqRel)
                 {
                     return;
@@ -564,25 +666,36 @@ impl Collection {
         }
     }
 
-    /// Inserts the tail into the graph, a turn at a time, until it is empty (or the
-    /// collection is dropped by everybody else).
-    fn index_tail(self: &Arc<Self>) {
+    /// Slots wait for the graph, or changes for the lexical index.
+    fn has_work(&self) -> bool {
+        self.state.read().unindexed() > 0 || self.lexical.as_ref().is_some_and(|l| l.busy())
+    }
+
+    /// Inserts the tail into the graph, a turn at a time, and hands changes to the
+    /// lexical index, until neither has work (or the collection is dropped by
+    /// everybody else). Returns how long to wait for a lexical commit that is due later.
+    fn index_tail(self: &Arc<Self>) -> Option<Duration> {
         loop {
             if Arc::strong_count(self) == 1 {
-                return;
+                return None;
             }
-            {
+            let graph_work = {
                 let _turn = self.indexing.lock();
                 let st = self.state.read();
                 let from = st.indexed.load(Ordering::Acquire);
                 let to = st.ids.len().min(from + INDEX_BATCH);
-                if from >= to {
-                    return;
+                if from < to {
+                    st.index(from, to);
                 }
-                st.index(from, to);
+                from < to
+            };
+            let wait = self.lexical.as_ref().and_then(|l| l.flush(!graph_work));
+            if graph_work {
+                let _g = self.progress.0.lock();
+                self.progress.1.notify_all();
+                continue;
             }
-            let _g = self.progress.0.lock();
-            self.progress.1.notify_all();
+            return wait;
         }
     }
 
@@ -649,7 +762,11 @@ impl Collection {
         let mut w = self.writer.lock();
         let seq = w.wal.append(&op)?;
         let wal = w.wal.clone();
-        self.state.write().apply(op);
+        let lex = self.state.write().apply(op);
+        if let Some(l) = &self.lexical {
+            // Under the writer lock: the lexical index sees changes in log order.
+            l.enqueue(lex);
+        }
         // The write is in the log: a snapshot that fails now (a full disk) is tried
         // again after a later write and must not fail this one.
         if wal.bytes() > SNAPSHOT_BYTES {
@@ -848,6 +965,71 @@ impl Collection {
         let id_of = |s: usize| st.ids[s].as_ref().expect("kept");
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id_of(a.1).cmp(id_of(b.1))));
         scored.truncate(req.k);
+        Ok(scored
+            .into_iter()
+            .filter(|(score, _)| req.threshold.is_none_or(|t| *score >= t))
+            .map(|(score, s)| {
+                let id = id_of(s).clone();
+                let e = &st.docs[&id];
+                Hit {
+                    score,
+                    text: e.text.clone(),
+                    metadata: e.metadata.clone(),
+                    id,
+                }
+            })
+            .collect())
+    }
+}
+
+impl Collection {
+    /// Whether the collection has a lexical index.
+    pub fn has_lexical(&self) -> bool {
+        self.lexical.is_some()
+    }
+
+    /// Documents written but not committed to the lexical index yet (searched from
+    /// memory meanwhile).
+    pub fn lexical_tail(&self) -> usize {
+        self.lexical.as_ref().map_or(0, |l| l.tail_len())
+    }
+
+    /// Commits the lexical index's pending changes now.
+    pub fn commit_lexical(&self) -> Result<()> {
+        self.lexical.as_ref().map_or(Ok(()), |l| l.commit_now())
+    }
+
+    /// Links the committed lexical index into `dest` (promotion of a staging copy).
+    pub(crate) fn link_lexical(&self, dest: &Path) -> Result<()> {
+        self.lexical.as_ref().map_or(Ok(()), |l| l.link_into(dest))
+    }
+
+    /// Top-k by BM25 over the documents' text; filters and tombstones as for
+    /// [`Collection::search`].
+    pub fn search_lexical(&self, req: &LexicalRequest<'_>) -> Result<Vec<Hit>> {
+        let Some(lx) = &self.lexical else {
+            return Err(IndexError::BadSearch(format!(
+                "mode lexical/hybrid: collection `{}` has no lexical index (created with \"lexical\": \"none\", or before lexical search existed)",
+                self.config.read().name
+            )));
+        };
+        if req.k == 0 || req.k > 10_000 {
+            return Err(IndexError::BadSearch(format!(
+                "k {} is out of range 1..=10000",
+                req.k
+            )));
+        }
+        let st = self.state.read();
+        let resolve = |key: u64| -> Option<usize> {
+            let slot = *st.lex_keys.get(&key)?;
+            let id = st.ids[slot].as_ref()?;
+            req.filter
+                .is_none_or(|f| f.matches(&st.docs[id].metadata))
+                .then_some(slot)
+        };
+        let mut scored = lx.search(req.text, req.k, &resolve)?;
+        let id_of = |s: usize| st.ids[s].as_ref().expect("live");
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id_of(a.1).cmp(id_of(b.1))));
         Ok(scored
             .into_iter()
             .filter(|(score, _)| req.threshold.is_none_or(|t| *score >= t))

@@ -20,6 +20,7 @@
 //! | `metric.rs` | metrics, scores, the graph's distance |
 //!
 //! | `hnswrs.rs` | the `hnsw_rs` engine, behind the same collection code |
+//! | `lexical.rs` | the BM25 index on tantivy (keyed by id + text, reconciled with the log on open) |
 //! | `store.rs` | the store interface (embedded engine and Milvus) |
 //! | `milvus.rs` | the Milvus store |
 //!
@@ -30,8 +31,10 @@
 mod collection;
 mod error;
 mod filter;
+mod fusion;
 mod graph;
 mod hnswrs;
+mod lexical;
 mod metric;
 pub mod milvus;
 mod snapshot;
@@ -45,11 +48,13 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 pub use collection::{
-    Collection, CollectionConfig, Engine, Hit, HnswParams, SearchRequest, Space, Stats,
-    EXACT_BELOW, MAX_UNINDEXED,
+    Collection, CollectionConfig, Engine, Hit, HnswParams, LexicalRequest, SearchRequest, Space,
+    Stats, EXACT_BELOW, MAX_UNINDEXED,
 };
 pub use error::{IndexError, Result};
 pub use filter::Filter;
+pub use fusion::{fuse, Fused, Fusion, Side};
+pub use lexical::{terms, LexicalSettings, COMMIT_INTERVAL, LANGUAGES};
 pub use metric::Metric;
 pub use store::{JobState, Query, Store, StoreKind, StoredCollection};
 pub use wal::Doc;
@@ -202,7 +207,7 @@ impl Index {
         let dir = self.root.join(format!(".staging-{}", config.name));
         let _ = std::fs::remove_dir_all(&dir);
         let name = config.name.clone();
-        let c = Collection::create(&dir, config)?;
+        let c = Collection::create_with(&dir, config, true)?;
         self.staging.lock().insert(name, c.clone());
         Ok(c)
     }
@@ -222,6 +227,16 @@ impl Index {
         let dir = self.root.join(name);
         let trash = self.root.join(format!(".deleted-{name}"));
         let staged = self.root.join(format!(".staging-{name}"));
+        // The documents' texts are the same: the lexical index is carried over (its
+        // files linked), and opening applies only what differs.
+        if let Some(old) = map.get(name) {
+            if let Err(e) = old.link_lexical(&staged.join("lexical")) {
+                tracing::warn!(
+                    "collection `{name}`: lexical index not carried over ({e}); it is rebuilt"
+                );
+                let _ = std::fs::remove_dir_all(staged.join("lexical"));
+            }
+        }
         let _ = std::fs::remove_dir_all(&trash);
         if dir.exists() {
             std::fs::rename(&dir, &trash).map_err(io_err(&dir))?;

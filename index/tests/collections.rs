@@ -26,6 +26,7 @@ fn config(engine: Engine, name: &str, dim: usize, metric: Metric) -> CollectionC
         hnsw: HnswParams::default(),
         space: Space::default(),
         engine,
+        lexical: None,
     }
 }
 
@@ -486,6 +487,16 @@ mod scenarios {
                         .get(&format!("b{b}-{i}"))
                         .unwrap_or_else(|| panic!("acknowledged b{b}-{i} lost"));
                     assert_eq!(d.vector[0], (b * 100 + i * 8) as f32);
+                    // Found lexically too: the lexical index caught up from the log.
+                    let hits = c
+                        .search_lexical(&aside_index::LexicalRequest {
+                            text: &format!("tok{b}x{i}"),
+                            k: 1,
+                            filter: None,
+                            threshold: None,
+                        })
+                        .unwrap();
+                    assert_eq!(hits[0].id, format!("b{b}-{i}"), "lexical search lost it");
                 }
             }
             // Nothing else: only whole batches, at most the one in flight beyond the last ack.

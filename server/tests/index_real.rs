@@ -91,6 +91,7 @@ fn graph_recall_on_real_embeddings_within_budget_and_after_reopening() {
                 hnsw: HnswParams::default(),
                 space: Space::default(),
                 engine: Default::default(),
+                lexical: None,
             })
             .unwrap();
         let docs: Vec<Doc> = ids

@@ -6,7 +6,9 @@
 
 use std::io::Write;
 
-use aside_index::{CollectionConfig, Doc, Engine, HnswParams, Index, Metric, Space};
+use aside_index::{
+    CollectionConfig, Doc, Engine, HnswParams, Index, LexicalSettings, Metric, Space,
+};
 
 fn main() {
     let dir = std::env::args()
@@ -31,6 +33,9 @@ fn main() {
                 hnsw: HnswParams::default(),
                 space: Space::default(),
                 engine,
+                lexical: Some(LexicalSettings {
+                    language: "en".into(),
+                }),
             })
             .expect("create"),
     };
@@ -40,7 +45,7 @@ fn main() {
             .map(|i| Doc {
                 id: format!("b{batch}-{i}"),
                 vector: (0..8).map(|j| (batch * 100 + i * 8 + j) as f32).collect(),
-                text: format!("batch {batch} doc {i}"),
+                text: format!("batch {batch} doc {i} tok{batch}x{i}"),
                 metadata: serde_json::json!({"batch": batch}),
             })
             .collect();

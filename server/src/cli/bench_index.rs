@@ -104,6 +104,7 @@ fn run_engine(
         },
         space: Space::default(),
         engine,
+        lexical: None,
     };
     let c = index.create(cfg("bench"))?;
     let docs: Vec<Doc> = base

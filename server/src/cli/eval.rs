@@ -284,6 +284,7 @@ fn hnsw_runs(
         hnsw: HnswParams::default(),
         space: Space::default(),
         engine: Default::default(),
+        lexical: None,
     })?;
     let batch: Vec<Doc> = data
         .corpus
