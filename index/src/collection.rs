@@ -1008,10 +1008,7 @@ impl Collection {
     /// [`Collection::search`].
     pub fn search_lexical(&self, req: &LexicalRequest<'_>) -> Result<Vec<Hit>> {
         let Some(lx) = &self.lexical else {
-            return Err(IndexError::BadSearch(format!(
-                "mode lexical/hybrid: collection `{}` has no lexical index (created with \"lexical\": \"none\", or before lexical search existed)",
-                self.config.read().name
-            )));
+            return Err(no_lexical(&self.config.read().name));
         };
         if req.k == 0 || req.k > 10_000 {
             return Err(IndexError::BadSearch(format!(
@@ -1045,6 +1042,12 @@ impl Collection {
             })
             .collect())
     }
+}
+
+pub(crate) fn no_lexical(name: &str) -> IndexError {
+    IndexError::BadSearch(format!(
+        "mode lexical/hybrid: collection `{name}` has no lexical index (created with \"lexical\": \"none\", or before lexical search existed)"
+    ))
 }
 
 /// Checks a batch before any store takes it: ids 1-512 bytes and unique, vectors

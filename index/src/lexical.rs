@@ -40,26 +40,26 @@ pub const COMMIT_EVERY: usize = 4096;
 const TOKENIZER: &str = "aside";
 const WRITER_BYTES: usize = 15_000_000;
 
-/// The languages of the analyzer, by code.
-pub const LANGUAGES: &[(&str, Language)] = &[
-    ("ar", Language::Arabic),
-    ("da", Language::Danish),
-    ("de", Language::German),
-    ("el", Language::Greek),
-    ("en", Language::English),
-    ("es", Language::Spanish),
-    ("fi", Language::Finnish),
-    ("fr", Language::French),
-    ("hu", Language::Hungarian),
-    ("it", Language::Italian),
-    ("nl", Language::Dutch),
-    ("no", Language::Norwegian),
-    ("pt", Language::Portuguese),
-    ("ro", Language::Romanian),
-    ("ru", Language::Russian),
-    ("sv", Language::Swedish),
-    ("ta", Language::Tamil),
-    ("tr", Language::Turkish),
+/// The languages of the analyzer: code, name, tantivy's stemmer.
+pub const LANGUAGES: &[(&str, &str, Language)] = &[
+    ("ar", "arabic", Language::Arabic),
+    ("da", "danish", Language::Danish),
+    ("de", "german", Language::German),
+    ("el", "greek", Language::Greek),
+    ("en", "english", Language::English),
+    ("es", "spanish", Language::Spanish),
+    ("fi", "finnish", Language::Finnish),
+    ("fr", "french", Language::French),
+    ("hu", "hungarian", Language::Hungarian),
+    ("it", "italian", Language::Italian),
+    ("nl", "dutch", Language::Dutch),
+    ("no", "norwegian", Language::Norwegian),
+    ("pt", "portuguese", Language::Portuguese),
+    ("ro", "romanian", Language::Romanian),
+    ("ru", "russian", Language::Russian),
+    ("sv", "swedish", Language::Swedish),
+    ("ta", "tamil", Language::Tamil),
+    ("tr", "turkish", Language::Turkish),
 ];
 
 /// A collection's lexical settings (in its manifest).
@@ -80,13 +80,33 @@ impl LexicalSettings {
         Ok(analyzer(self.lang()?))
     }
 
+    /// The analyzer Milvus runs for these settings (its BM25 function): its
+    /// `english` analyzer for `en`; for another language the standard tokenizer,
+    /// lower-casing and that language's stemmer.
+    pub fn milvus_analyzer(&self) -> Result<serde_json::Value> {
+        self.lang()?;
+        let name = LANGUAGES
+            .iter()
+            .find(|(c, _, _)| *c == self.language)
+            .map(|(_, n, _)| *n)
+            .expect("checked");
+        Ok(if name == "english" {
+            serde_json::json!({"type": "english"})
+        } else {
+            serde_json::json!({
+                "tokenizer": "standard",
+                "filter": ["lowercase", {"type": "stemmer", "language": name}],
+            })
+        })
+    }
+
     pub(crate) fn lang(&self) -> Result<Language> {
         LANGUAGES
             .iter()
-            .find(|(c, _)| *c == self.language)
-            .map(|(_, l)| *l)
+            .find(|(c, _, _)| *c == self.language)
+            .map(|(_, _, l)| *l)
             .ok_or_else(|| {
-                let codes: Vec<&str> = LANGUAGES.iter().map(|(c, _)| *c).collect();
+                let codes: Vec<&str> = LANGUAGES.iter().map(|(c, _, _)| *c).collect();
                 IndexError::BadConfig(format!(
                     "lexical.language `{}` is not supported (one of {}, or \"none\")",
                     self.language,

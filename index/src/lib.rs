@@ -56,7 +56,7 @@ pub use filter::Filter;
 pub use fusion::{fuse, Fused, Fusion, Side};
 pub use lexical::{terms, LexicalSettings, COMMIT_INTERVAL, LANGUAGES};
 pub use metric::Metric;
-pub use store::{JobState, Query, Store, StoreKind, StoredCollection};
+pub use store::{JobState, LexicalQuery, Query, Store, StoreKind, StoredCollection};
 pub use wal::Doc;
 
 use error::io_err;

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use crate::error::{IndexError, Result};
-use crate::store::{JobState, Query, Store, StoreKind, StoredCollection};
+use crate::store::{JobState, LexicalQuery, Query, Store, StoreKind, StoredCollection};
 use crate::{CollectionConfig, Doc, Filter, Hit, Metric, Stats};
 
 /// Milvus's VARCHAR limit: the longest document text, in bytes.
@@ -265,7 +265,16 @@ impl MilvusStore {
     /// Creates, indexes and loads one physical collection.
     async fn create_physical(&self, physical: &str, config: &CollectionConfig) -> Result<()> {
         let c = self.client().await?;
-        let schema = mv::CollectionSchema::new()
+        let mut text = mv::FieldSchema::new()
+            .name("text")
+            .data_type(mv::DataType::VarChar)
+            .max_length(MAX_TEXT_BYTES as u32);
+        if let Some(l) = &config.lexical {
+            text = text
+                .enable_analyzer(true)
+                .analyzer_params(l.milvus_analyzer()?);
+        }
+        let mut schema = mv::CollectionSchema::new()
             .add_field(
                 mv::FieldSchema::new()
                     .name("id")
@@ -273,12 +282,7 @@ impl MilvusStore {
                     .max_length(512)
                     .primary_key(true),
             )
-            .add_field(
-                mv::FieldSchema::new()
-                    .name("text")
-                    .data_type(mv::DataType::VarChar)
-                    .max_length(MAX_TEXT_BYTES as u32),
-            )
+            .add_field(text)
             .add_field(
                 mv::FieldSchema::new()
                     .name("meta")
@@ -290,6 +294,39 @@ impl MilvusStore {
                     .data_type(mv::DataType::FloatVector)
                     .dimension(config.dim as u32),
             );
+        // Lexical search: Milvus's BM25 function turns the text into a sparse vector.
+        let mut indexes = vec![mv::IndexParam::new()
+            .field_name("vector")
+            .index_type(mv::IndexType::Hnsw)
+            .metric_type(metric_type(config.metric))
+            .extra_params(HashMap::from([
+                ("M".to_owned(), config.hnsw.m.to_string()),
+                (
+                    "efConstruction".to_owned(),
+                    config.hnsw.ef_construction.to_string(),
+                ),
+            ]))];
+        if config.lexical.is_some() {
+            schema = schema
+                .add_field(
+                    mv::FieldSchema::new()
+                        .name("sparse")
+                        .data_type(mv::DataType::SparseFloatVector),
+                )
+                .add_function(
+                    mv::Function::new()
+                        .name("text_bm25")
+                        .function_type(mv::FunctionType::Bm25)
+                        .input_fields(["text"])
+                        .output_fields(["sparse"]),
+                );
+            indexes.push(
+                mv::IndexParam::new()
+                    .field_name("sparse")
+                    .index_type(mv::IndexType::SparseInvertedIndex)
+                    .metric_type(mv::MetricType::Bm25),
+            );
+        }
         let cfg_json = serde_json::to_string(config)
             .map_err(|e| IndexError::Backend(format!("encoding the collection settings: {e}")))?;
         c.create_collection(
@@ -306,17 +343,7 @@ impl MilvusStore {
         c.create_index(
             mv::CreateIndexRequest::builder()
                 .collection_name(physical)
-                .index_params(vec![mv::IndexParam::new()
-                    .field_name("vector")
-                    .index_type(mv::IndexType::Hnsw)
-                    .metric_type(metric_type(config.metric))
-                    .extra_params(HashMap::from([
-                        ("M".to_owned(), config.hnsw.m.to_string()),
-                        (
-                            "efConstruction".to_owned(),
-                            config.hnsw.ef_construction.to_string(),
-                        ),
-                    ]))])
+                .index_params(indexes)
                 .sync(false)
                 .build()
                 .map_err(self.err("create index"))?,
@@ -850,9 +877,69 @@ impl StoredCollection for MilvusCollection {
             r => r,
         }
     }
+
+    async fn search_lexical(&self, q: LexicalQuery) -> Result<Vec<Hit>> {
+        match self.lexical_once(q.clone()).await {
+            Err(e) if self.reloaded(&e).await => self.lexical_once(q).await,
+            r => r,
+        }
+    }
 }
 
 impl MilvusCollection {
+    /// BM25 through Milvus's function on the text field.
+    async fn lexical_once(&self, q: LexicalQuery) -> Result<Vec<Hit>> {
+        if self.config.lexical.is_none() {
+            return Err(crate::collection::no_lexical(&self.config.name));
+        }
+        let mut b = mv::SearchRequest::builder()
+            .collection_name(self.physical.clone())
+            .vector_field("sparse")
+            .vectors(mv::SearchVectors::EmbeddedText(vec![q.text]))
+            .metric_type(mv::MetricType::Bm25)
+            .output_fields(["id", "text", "meta"])
+            .limit(q.k as i64)
+            .consistency_level(mv::ConsistencyLevel::Strong);
+        if let Some(f) = &q.filter {
+            b = b.filter(expression(f)?);
+        }
+        let c = self.store.client().await?;
+        let r = c
+            .search(b.build().map_err(self.store.err("lexical search"))?)
+            .await
+            .map_err(|e| self.gone(classify(&self.store.opts.url, "lexical search", e)))?;
+        self.hits(r, q.threshold, |s| s)
+    }
+
+    fn hits(
+        &self,
+        r: mv::SearchResponse,
+        threshold: Option<f32>,
+        score: impl Fn(f32) -> f32,
+    ) -> Result<Vec<Hit>> {
+        let mut hits = Vec::new();
+        for res in r.results().iter() {
+            let scores = res.get_scores().to_vec();
+            for (i, row) in res.rows().map_err(self.store.err("search"))?.enumerate() {
+                let bad = |e: mv::Error| {
+                    IndexError::Backend(format!("Milvus answered an unexpected hit: {e}"))
+                };
+                let s = score(scores.get(i).copied().unwrap_or(f32::MIN));
+                if threshold.is_some_and(|t| s < t) {
+                    continue;
+                }
+                hits.push(Hit {
+                    id: row.get_str("id").map_err(bad)?.to_owned(),
+                    score: s,
+                    text: row.get_str("text").map_err(bad)?.to_owned(),
+                    metadata: row.get_json("meta").map_err(bad)?.clone(),
+                });
+            }
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        Ok(hits)
+    }
+
     async fn search_once(&self, q: Query) -> Result<Vec<Hit>> {
         if q.exact {
             return Err(IndexError::BadSearch(
@@ -882,30 +969,8 @@ impl MilvusCollection {
             .search(b.build().map_err(self.store.err("search"))?)
             .await
             .map_err(|e| self.gone(classify(&self.store.opts.url, "search", e)))?;
-        let mut hits = Vec::new();
-        for res in r.results().iter() {
-            let scores = res.get_scores().to_vec();
-            for (i, row) in res.rows().map_err(self.store.err("search"))?.enumerate() {
-                let bad = |e: mv::Error| {
-                    IndexError::Backend(format!("Milvus answered an unexpected hit: {e}"))
-                };
-                let s = score(
-                    self.config.metric,
-                    scores.get(i).copied().unwrap_or(f32::MIN),
-                );
-                if q.threshold.is_some_and(|t| s < t) {
-                    continue;
-                }
-                hits.push(Hit {
-                    id: row.get_str("id").map_err(bad)?.to_owned(),
-                    score: s,
-                    text: row.get_str("text").map_err(bad)?.to_owned(),
-                    metadata: row.get_json("meta").map_err(bad)?.clone(),
-                });
-            }
-        }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        Ok(hits)
+        let metric = self.config.metric;
+        self.hits(r, q.threshold, |s| score(metric, s))
     }
 }
 

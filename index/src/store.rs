@@ -62,6 +62,16 @@ pub struct Query {
     pub exact: bool,
 }
 
+/// A lexical (BM25) search, owned.
+#[derive(Debug, Clone)]
+pub struct LexicalQuery {
+    pub text: String,
+    pub k: usize,
+    pub filter: Option<Filter>,
+    /// Drop hits whose BM25 score is below this.
+    pub threshold: Option<f32>,
+}
+
 /// The progress of a re-embedding as the store keeps it, for every replica to see.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
@@ -115,6 +125,8 @@ pub trait StoredCollection: Send + Sync {
     /// Every live document (vectors included).
     async fn documents(&self) -> Result<Vec<Doc>>;
     async fn search(&self, q: Query) -> Result<Vec<Hit>>;
+    /// Top-k by BM25 over the text (collections with `lexical` settings).
+    async fn search_lexical(&self, q: LexicalQuery) -> Result<Vec<Hit>>;
 }
 
 /// Runs index work off the async threads.
@@ -179,6 +191,18 @@ impl StoredCollection for LocalCollection {
                 filter: q.filter.as_ref(),
                 threshold: q.threshold,
                 exact: q.exact,
+            })
+        })
+        .await
+    }
+    async fn search_lexical(&self, q: LexicalQuery) -> Result<Vec<Hit>> {
+        let c = self.inner.clone();
+        blocking(move || {
+            c.search_lexical(&crate::LexicalRequest {
+                text: &q.text,
+                k: q.k,
+                filter: q.filter.as_ref(),
+                threshold: q.threshold,
             })
         })
         .await

@@ -8,15 +8,27 @@ use std::time::Instant;
 
 use aside_adapters::{Adapter, Task};
 use aside_index::{
-    CollectionConfig, Doc, Filter, HnswParams, JobState, Query, Space, StoreKind, StoredCollection,
+    CollectionConfig, Doc, Filter, Fusion, HnswParams, JobState, LexicalQuery, Query, Space,
+    StoreKind, StoredCollection,
 };
 
 use super::batcher::Text;
 use super::types::{
     CollectionInfo, CollectionList, CollectionStatus, CreateCollectionRequest, Deleted, Document,
-    Hit, Hnsw, Reembed, SearchRequest, SearchResponse, Timings, UpsertRequest, UpsertResponse,
+    FoundBy, Hit, Hnsw, Mode, Reembed, SearchRequest, SearchResponse, SideRank, Timings,
+    UpsertRequest, UpsertResponse,
 };
 use super::{Core, Error, Result};
+
+fn hit(h: aside_index::Hit, found_by: Option<FoundBy>) -> Hit {
+    Hit {
+        id: h.id,
+        score: h.score,
+        text: h.text,
+        metadata: h.metadata,
+        found_by,
+    }
+}
 
 /// Largest `k` and rerank candidate count.
 pub const MAX_K: usize = 1000;
@@ -92,6 +104,9 @@ impl Core {
             reembed: job,
             store: c.kind().into(),
             engine: cfg.engine.into(),
+            lexical: cfg.lexical.map(|l| super::types::Lexical {
+                language: l.language,
+            }),
             name: cfg.name,
             adapter: cfg.space.adapter,
             adapter_version: cfg.space.adapter_version,
@@ -160,6 +175,11 @@ impl Core {
                 adapter_version: version,
             },
             engine: r.engine.map(Into::into).unwrap_or_default(),
+            lexical: super::types::LexicalSpec::settings(r.lexical.as_ref())
+                .map_err(|e| Error::invalid("lexical", e))?
+                .map(|l| aside_index::LexicalSettings {
+                    language: l.language,
+                }),
         };
         config.validate()?;
         let kind = r.store.map_or(self.stores.default, Into::into);
@@ -350,37 +370,126 @@ impl Core {
                 format!("{t} is not a finite number"),
             ));
         }
-        // The query is embedded with exactly the version the collection's vectors use.
+        let mode = r.mode.unwrap_or_default();
+        let fusion = match (&r.fusion, mode) {
+            (Some(f), Mode::Hybrid) => f.fusion().map_err(|(f, m)| Error::invalid(f, m))?,
+            (Some(_), _) => return Err(Error::invalid("fusion", "applies to mode hybrid")),
+            (None, _) => Fusion::default(),
+        };
+        let per_side = match (r.candidates, mode) {
+            (Some(n), Mode::Hybrid) if (1..=MAX_K).contains(&n) => n,
+            (Some(n), Mode::Hybrid) => {
+                return Err(Error::invalid(
+                    "candidates",
+                    format!("{n} is out of range 1..={MAX_K}"),
+                ))
+            }
+            (Some(_), _) => {
+                return Err(Error::invalid(
+                    "candidates",
+                    "applies to mode hybrid (per side); re-ranking takes rerank.candidates",
+                ))
+            }
+            (None, _) => candidates.max(100),
+        };
+        if mode != Mode::Dense && r.query.trim().is_empty() {
+            return Err(Error::invalid("query", "is empty"));
+        }
         let cfg = c.config().clone();
-        let adapter = self.pinned(&cfg.space)?;
-        let t0 = Instant::now();
-        let q = self
-            .embed_texts(vec![Text::Single(r.query.clone())], adapter)
-            .await?
-            .remove(0);
-        let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
         let (ef, threshold, exact) = (r.ef, r.threshold, r.exact.unwrap_or(false));
-        let found = c
-            .search(Query {
-                vector: q,
-                k: candidates,
-                ef,
-                filter,
-                threshold,
-                exact,
-            })
-            .await?;
+        let mut embed_ms = 0.0;
+        // The query is embedded with exactly the version the collection's vectors use.
+        let embed = async {
+            let adapter = self.pinned(&cfg.space)?;
+            let t0 = Instant::now();
+            let q = self
+                .embed_texts(vec![Text::Single(r.query.clone())], adapter)
+                .await?
+                .remove(0);
+            Ok::<_, Error>((q, t0.elapsed().as_secs_f64() * 1e3))
+        };
+        let lexical = |k: usize, threshold: Option<f32>| LexicalQuery {
+            text: r.query.clone(),
+            k,
+            filter: filter.clone(),
+            threshold,
+        };
+        let t1;
+        let mut hits: Vec<Hit> = match mode {
+            Mode::Dense => {
+                let (q, ms) = embed.await?;
+                embed_ms = ms;
+                t1 = Instant::now();
+                c.search(Query {
+                    vector: q,
+                    k: candidates,
+                    ef,
+                    filter: filter.clone(),
+                    threshold,
+                    exact,
+                })
+                .await?
+                .into_iter()
+                .map(|h| hit(h, None))
+                .collect()
+            }
+            Mode::Lexical => {
+                t1 = Instant::now();
+                c.search_lexical(lexical(candidates, threshold))
+                    .await?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let side = SideRank {
+                            rank: i + 1,
+                            score: h.score,
+                        };
+                        hit(
+                            h,
+                            Some(FoundBy {
+                                dense: None,
+                                lexical: Some(side),
+                            }),
+                        )
+                    })
+                    .collect()
+            }
+            Mode::Hybrid => {
+                // The lexical side runs while the query is embedded.
+                let lex = c.search_lexical(lexical(per_side, None));
+                let (embedded, lex) = tokio::join!(embed, lex);
+                let (q, ms) = embedded?;
+                embed_ms = ms;
+                t1 = Instant::now();
+                let dense = c
+                    .search(Query {
+                        vector: q,
+                        k: per_side,
+                        ef,
+                        filter: filter.clone(),
+                        threshold: None,
+                        exact,
+                    })
+                    .await?;
+                aside_index::fuse(dense, lex?, fusion)
+                    .into_iter()
+                    .filter(|f| threshold.is_none_or(|t| f.hit.score >= t))
+                    .take(candidates)
+                    .map(|f| {
+                        let side = |s: aside_index::Side| SideRank {
+                            rank: s.rank,
+                            score: s.score,
+                        };
+                        let found = FoundBy {
+                            dense: f.dense.map(side),
+                            lexical: f.lexical.map(side),
+                        };
+                        hit(f.hit, Some(found))
+                    })
+                    .collect()
+            }
+        };
         let search_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let mut hits: Vec<Hit> = found
-            .into_iter()
-            .map(|h| Hit {
-                id: h.id,
-                score: h.score,
-                text: h.text,
-                metadata: h.metadata,
-            })
-            .collect();
         let mut rerank_ms = None;
         if let Some((_, a)) = reranker {
             let t2 = Instant::now();
@@ -397,7 +506,7 @@ impl Core {
         hits.truncate(k);
         Ok(SearchResponse {
             hits,
-            adapter_version: cfg.space.adapter_version,
+            adapter_version: cfg.space.adapter_version.clone(),
             timings: Timings {
                 embed_ms,
                 search_ms,

@@ -139,6 +139,46 @@ pub struct CreateCollectionRequest {
     /// `hnsw_rs` (the hnsw_rs crate; cosine or l2).
     #[serde(default)]
     pub engine: Option<Engine>,
+    /// The lexical (BM25) index: `{"language": "en"}` (the default), another
+    /// language code, or `"none"` for no lexical index.
+    #[serde(default)]
+    pub lexical: Option<LexicalSpec>,
+}
+
+/// A collection's lexical index: `"none"`, or `{"language": code}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LexicalSpec {
+    /// `"none"`: no lexical index.
+    Off(String),
+    On(Lexical),
+}
+
+/// A lexical index's analyzer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lexical {
+    /// ar, da, de, el, en, es, fi, fr, hu, it, nl, no, pt, ro, ru, sv, ta, tr
+    /// (lower-casing, the language's stop words where tantivy has a list, its
+    /// Snowball stemmer).
+    pub language: String,
+}
+
+impl LexicalSpec {
+    /// The settings a new collection gets (absent: English).
+    pub fn settings(spec: Option<&LexicalSpec>) -> Result<Option<Lexical>, String> {
+        match spec {
+            None => Ok(Some(Lexical {
+                language: "en".into(),
+            })),
+            Some(LexicalSpec::Off(s)) if s == "none" => Ok(None),
+            Some(LexicalSpec::Off(s)) => Err(format!(
+                "`{s}`: give \"none\" or {{\"language\": code}}"
+            )),
+            Some(LexicalSpec::On(l)) if l.language == "none" => Ok(None),
+            Some(LexicalSpec::On(l)) => Ok(Some(l.clone())),
+        }
+    }
 }
 
 /// The graph engine of a local collection.
@@ -232,6 +272,8 @@ pub struct CollectionInfo {
     pub store: Store,
     /// The graph engine (local collections; Milvus collections use Milvus's).
     pub engine: Engine,
+    /// The lexical index's analyzer; null: no lexical index.
+    pub lexical: Option<Lexical>,
     pub adapter: Option<String>,
     pub adapter_version: Option<String>,
     /// sha256 of the backbone the vectors were made with.
@@ -325,15 +367,131 @@ pub struct SearchRequest {
     pub exact: Option<bool>,
     #[serde(default)]
     pub rerank: Option<RerankSpec>,
+    /// `dense` (default: the query's embedding), `lexical` (BM25 over the text) or
+    /// `hybrid` (both, fused). Filters and threshold apply in every mode; the
+    /// threshold is on the mode's score (similarity, BM25, fused).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// hybrid: how the two lists become one (default `{"method": "rrf", "k": 60}`).
+    #[serde(default)]
+    pub fusion: Option<FusionSpec>,
+    /// hybrid: candidates taken from each side (1..=1000; default max(100, k or
+    /// rerank.candidates)).
+    #[serde(default)]
+    pub candidates: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Dense,
+    Lexical,
+    Hybrid,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dense" => Ok(Mode::Dense),
+            "lexical" => Ok(Mode::Lexical),
+            "hybrid" => Ok(Mode::Hybrid),
+            _ => Err(format!(
+                "unknown mode `{s}` (expected dense, lexical or hybrid)"
+            )),
+        }
+    }
+}
+
+/// Fusion of the dense and lexical lists: `rrf` scores 1 / (k + rank) summed over
+/// the lists; `weighted` min-max normalises each list's scores to 0..1, then adds
+/// dense_weight × dense + (1 − dense_weight) × lexical (0 for a list without the hit).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FusionSpec {
+    pub method: FusionMethod,
+    /// rrf's k (> 0; default 60).
+    #[serde(default)]
+    pub k: Option<f32>,
+    /// weighted: the dense list's weight (0..=1; default 0.5).
+    #[serde(default)]
+    pub dense_weight: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    Rrf,
+    Weighted,
+}
+
+impl std::str::FromStr for FusionMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rrf" => Ok(FusionMethod::Rrf),
+            "weighted" => Ok(FusionMethod::Weighted),
+            _ => Err(format!("unknown fusion `{s}` (expected rrf or weighted)")),
+        }
+    }
+}
+
+impl FusionSpec {
+    pub fn fusion(&self) -> Result<aside_index::Fusion, (&'static str, String)> {
+        match self.method {
+            FusionMethod::Rrf => {
+                if self.dense_weight.is_some() {
+                    return Err(("fusion.dense_weight", "applies to method weighted".into()));
+                }
+                let k = self.k.unwrap_or(60.0);
+                if !k.is_finite() || k <= 0.0 {
+                    return Err(("fusion.k", format!("{k} must be a finite number > 0")));
+                }
+                Ok(aside_index::Fusion::Rrf { k })
+            }
+            FusionMethod::Weighted => {
+                if self.k.is_some() {
+                    return Err(("fusion.k", "applies to method rrf".into()));
+                }
+                let w = self.dense_weight.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&w) {
+                    return Err(("fusion.dense_weight", format!("{w} is out of range 0..=1")));
+                }
+                Ok(aside_index::Fusion::Weighted { dense_weight: w })
+            }
+        }
+    }
+}
+
+/// Where one side ranked a hit (from 1), with that side's own score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SideRank {
+    pub rank: usize,
+    pub score: f32,
+}
+
+/// Which side(s) found a hit (lexical and hybrid searches).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FoundBy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<SideRank>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<SideRank>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Hit {
     pub id: String,
+    /// The mode's score: similarity (dense), BM25 (lexical), fused (hybrid); the
+    /// rerank head's score after re-ranking.
     pub score: f32,
     pub text: String,
     #[schema(value_type = Object)]
     pub metadata: Value,
+    /// Lexical and hybrid searches: each side's rank and score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_by: Option<FoundBy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -101,6 +101,11 @@ pub fn collection(c: &t::CollectionInfo) -> pb::Collection {
         tombstones: c.tombstones as u64,
         unindexed: c.unindexed as u64,
         engine: wire_name(&c.engine),
+        lexical: c
+            .lexical
+            .as_ref()
+            .map(|l| l.language.clone())
+            .unwrap_or_default(),
         store: wire_name(&c.store),
         reembed: c.reembed.as_ref().map(|r| pb::Reembed {
             target_version: r.target_version.clone(),
@@ -134,6 +139,16 @@ pub fn hit(h: t::Hit) -> pb::Hit {
         score: h.score,
         text: h.text,
         metadata: Some(json_to_struct(&h.metadata)),
+        found_by: h.found_by.map(|f| {
+            let side = |s: t::SideRank| pb::SideRank {
+                rank: s.rank as u32,
+                score: s.score,
+            };
+            pb::FoundBy {
+                dense: f.dense.map(side),
+                lexical: f.lexical.map(side),
+            }
+        }),
     }
 }
 
@@ -145,8 +160,29 @@ pub fn hnsw(h: pb::Hnsw) -> t::HnswSpec {
     }
 }
 
-pub fn search(r: pb::SearchRequest) -> t::SearchRequest {
-    t::SearchRequest {
+pub fn search(r: pb::SearchRequest) -> Result<t::SearchRequest, crate::core::Error> {
+    use crate::core::Error;
+    let mode = given(r.mode)
+        .map(|m| m.parse::<t::Mode>())
+        .transpose()
+        .map_err(|e| Error::invalid("mode", e))?;
+    let fusion = r
+        .fusion
+        .map(|f| {
+            Ok::<_, Error>(t::FusionSpec {
+                method: f
+                    .method
+                    .parse()
+                    .map_err(|e| Error::invalid("fusion.method", e))?,
+                k: f.k,
+                dense_weight: f.dense_weight,
+            })
+        })
+        .transpose()?;
+    Ok(t::SearchRequest {
+        mode,
+        fusion,
+        candidates: r.candidates.map(|c| c as usize),
         query: r.query,
         k: r.k.map(|x| x as usize),
         ef: r.ef.map(|x| x as usize),
@@ -158,5 +194,5 @@ pub fn search(r: pb::SearchRequest) -> t::SearchRequest {
             candidates: x.candidates.map(|c| c as usize),
             fuse: x.fuse,
         }),
-    }
+    })
 }

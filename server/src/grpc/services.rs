@@ -108,6 +108,10 @@ impl collections_server::Collections for Services {
             .map(|m| m.parse::<t::Engine>())
             .transpose()
             .map_err(|e| status(Error::invalid("engine", e)))?;
+        let lexical = given(r.lexical).map(|l| match l.as_str() {
+            "none" => t::LexicalSpec::Off(l),
+            _ => t::LexicalSpec::On(t::Lexical { language: l }),
+        });
         let out = self
             .core
             .create_collection(
@@ -118,6 +122,7 @@ impl collections_server::Collections for Services {
                     hnsw: r.hnsw.map(convert::hnsw),
                     store,
                     engine,
+                    lexical,
                 },
             )
             .await
@@ -205,7 +210,7 @@ impl collections_server::Collections for Services {
         let collection = std::mem::take(&mut r.collection);
         let out = self
             .core
-            .search(&collection, convert::search(r))
+            .search(&collection, convert::search(r).map_err(status)?)
             .await
             .map_err(status)?;
         let label = self.core.collection_adapter(&collection);
