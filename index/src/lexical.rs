@@ -80,9 +80,10 @@ impl LexicalSettings {
         Ok(analyzer(self.lang()?))
     }
 
-    /// The analyzer Milvus runs for these settings (its BM25 function): its
-    /// `english` analyzer for `en`; for another language the standard tokenizer,
-    /// lower-casing and that language's stemmer.
+    /// The analyzer Milvus runs for these settings (its BM25 function): the standard
+    /// tokenizer, lower-casing, English stop words for `en`, the language's stemmer.
+    /// (milvus-lite 3.2.2 knows no `english` analyzer type and ignores the filters:
+    /// it splits and lower-cases only — measured.)
     pub fn milvus_analyzer(&self) -> Result<serde_json::Value> {
         self.lang()?;
         let name = LANGUAGES
@@ -90,14 +91,12 @@ impl LexicalSettings {
             .find(|(c, _, _)| *c == self.language)
             .map(|(_, n, _)| *n)
             .expect("checked");
-        Ok(if name == "english" {
-            serde_json::json!({"type": "english"})
-        } else {
-            serde_json::json!({
-                "tokenizer": "standard",
-                "filter": ["lowercase", {"type": "stemmer", "language": name}],
-            })
-        })
+        let mut filter = vec![serde_json::json!("lowercase")];
+        if name == "english" {
+            filter.push(serde_json::json!({"type": "stop", "stop_words": ["_english_"]}));
+        }
+        filter.push(serde_json::json!({"type": "stemmer", "language": name}));
+        Ok(serde_json::json!({"tokenizer": "standard", "filter": filter}))
     }
 
     pub(crate) fn lang(&self) -> Result<Language> {

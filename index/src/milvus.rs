@@ -908,7 +908,8 @@ impl MilvusCollection {
             .search(b.build().map_err(self.store.err("lexical search"))?)
             .await
             .map_err(|e| self.gone(classify(&self.store.opts.url, "lexical search", e)))?;
-        self.hits(r, q.threshold, |s| s)
+        // BM25 scores are positive; milvus-lite answers them negated (measured).
+        self.hits(r, q.threshold, f32::abs)
     }
 
     fn hits(

@@ -7,17 +7,8 @@ mod common;
 
 use aside_backbone::testing::TinyBert;
 use aside_server::grpc::pb;
-use common::Server;
+use common::{ids, Server};
 use serde_json::{json, Value};
-
-fn ids(r: &Value) -> Vec<String> {
-    r["hits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no hits in {r}"))
-        .iter()
-        .map(|h| h["id"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 /// The ten best documents with `even: true`, through the graph or exactly.
 fn search(s: &Server, name: &str, q: &str, exact: bool) -> Value {

@@ -19,7 +19,7 @@ use aside_adapters::{format, Dims, Kind, Task};
 use aside_backbone::testing::real_model;
 use aside_backbone::{Backbone, LoadOptions};
 use aside_server::grpc::pb;
-use common::{scifact, wait_for, Server};
+use common::{corpus, ids, put_docs, queries, scifact, search, wait_for, Server};
 use serde_json::{json, Value};
 
 /// A milvus-lite server on a free loopback port, stopped on drop.
@@ -109,65 +109,6 @@ fn adapter(b: &Backbone, kind: Kind, task: Task, seed: u64) -> Vec<u8> {
     };
     let meta = metas.iter().find(|(l, _)| *l == label).unwrap().1.clone();
     format::write_adapter(&random_adapter(&meta, &Dims::of(b), b.bert(), seed)).unwrap()
-}
-
-fn corpus(data: &Path, n: usize) -> Vec<Value> {
-    std::fs::read_to_string(data.join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-        .take(n)
-        .enumerate()
-        .map(|(i, l)| {
-            let d: Value = serde_json::from_str(l).unwrap();
-            json!({"id": d["_id"],
-                   "text": format!("{} {}", d["title"].as_str().unwrap(), d["text"].as_str().unwrap()),
-                   "metadata": {"part": i % 5, "even": i % 2 == 0, "title": d["title"]}})
-        })
-        .collect()
-}
-
-fn queries(data: &Path, n: usize) -> Vec<String> {
-    std::fs::read_to_string(data.join("queries.jsonl"))
-        .unwrap()
-        .lines()
-        .take(n)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
-fn put_docs(s: &Server, coll: &str, docs: &[Value]) {
-    for chunk in docs.chunks(100) {
-        let (st, r) = s.call(
-            "POST",
-            &format!("/v1/collections/{coll}/documents"),
-            Some(&json!({"documents": chunk})),
-        );
-        assert_eq!(st, 200, "{r}");
-    }
-}
-
-fn ids(r: &Value) -> Vec<String> {
-    r["hits"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no hits in {r}"))
-        .iter()
-        .map(|h| h["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn search(s: &Server, coll: &str, body: Value) -> Value {
-    let (st, r) = s.call(
-        "POST",
-        &format!("/v1/collections/{coll}/search"),
-        Some(&body),
-    );
-    assert_eq!(st, 200, "{r}");
-    r
 }
 
 struct Env {
@@ -600,4 +541,141 @@ fn two_replicas_share_collections_adapters_and_one_reembedding() {
     );
     drop(a);
     b2.stop();
+}
+
+#[test]
+fn lexical_and_hybrid_search_on_milvus() {
+    let Some(e) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &e.model,
+        dir.path(),
+        &["--store", "milvus", "--milvus-url", &e.milvus.url],
+    );
+    let (st, c) = s.call("PUT", "/v1/collections/lex", None);
+    assert_eq!((st, c["store"].as_str()), (201, Some("milvus")), "{c}");
+    assert_eq!(c["lexical"], json!({"language": "en"}), "{c}");
+    let (st, _) = s.call(
+        "PUT",
+        "/v1/collections/lex-local",
+        Some(&json!({"store": "local"})),
+    );
+    assert_eq!(st, 201);
+    let docs = corpus(&e.data, 500);
+    put_docs(&s, "lex", &docs);
+    put_docs(&s, "lex-local", &docs);
+
+    // A title finds its document first through Milvus's BM25 function, as locally.
+    for d in docs.iter().step_by(50) {
+        let title = d["metadata"]["title"].as_str().unwrap();
+        for coll in ["lex", "lex-local"] {
+            let r = search(&s, coll, json!({"query": title, "k": 5, "mode": "lexical"}));
+            assert_eq!(ids(&r)[0], d["id"].as_str().unwrap(), "{coll} {title}: {r}");
+            assert_eq!(r["hits"][0]["found_by"]["lexical"]["rank"], 1);
+        }
+    }
+    // Two BM25 implementations (Milvus's analyzer and statistics, tantivy's) agree
+    // on most of the top 10.
+    let qs = queries(&e.data, 30);
+    let (mut shared, mut total) = (0usize, 0usize);
+    for q in &qs {
+        let m = ids(&search(
+            &s,
+            "lex",
+            json!({"query": q, "k": 10, "mode": "lexical"}),
+        ));
+        let l = ids(&search(
+            &s,
+            "lex-local",
+            json!({"query": q, "k": 10, "mode": "lexical"}),
+        ));
+        let lset: HashSet<&String> = l.iter().collect();
+        shared += m.iter().filter(|i| lset.contains(i)).count();
+        total += l.len();
+    }
+    let overlap = shared as f64 / total as f64;
+    eprintln!("lexical top-10 overlap, Milvus BM25 vs tantivy: {overlap:.3}");
+    assert!(overlap >= 0.6, "overlap {overlap}");
+    // Filters on the lexical side; hybrid with both sides named.
+    let f = search(
+        &s,
+        "lex",
+        json!({"query": qs[0], "k": 20, "mode": "lexical", "filter": {"part": {"in": [1, 3]}}}),
+    );
+    assert!(!ids(&f).is_empty());
+    for h in f["hits"].as_array().unwrap() {
+        let p = h["metadata"]["part"].as_u64().unwrap();
+        assert!(p == 1 || p == 3, "{h}");
+    }
+    let h = search(
+        &s,
+        "lex",
+        json!({"query": qs[1], "k": 10, "mode": "hybrid"}),
+    );
+    let hits = h["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().any(|x| x["found_by"].get("dense").is_some()
+        && x["found_by"].get("lexical").is_some()), "{h}");
+    // A write is found lexically at once (Strong consistency), a deleted one not.
+    let (st, _) = s.call(
+        "POST",
+        "/v1/collections/lex/documents",
+        Some(&json!({"documents": [{"id": "z", "text": "quasicrystalline zeolite lattices"}]})),
+    );
+    assert_eq!(st, 200);
+    let r = search(
+        &s,
+        "lex",
+        json!({"query": "zeolite", "k": 3, "mode": "lexical"}),
+    );
+    assert_eq!(ids(&r), vec!["z"]);
+    let (st, _) = s.call("DELETE", "/v1/collections/lex/documents/z", None);
+    assert_eq!(st, 200);
+    let r = search(
+        &s,
+        "lex",
+        json!({"query": "zeolite", "k": 3, "mode": "lexical"}),
+    );
+    assert!(ids(&r).is_empty(), "{r}");
+    // gRPC, the same hits.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let g = rt.block_on(async {
+        let mut cc = pb::collections_client::CollectionsClient::new(common::grpc_channel(&s).await);
+        cc.search(pb::SearchRequest {
+            collection: "lex".into(),
+            query: qs[2].clone(),
+            k: Some(10),
+            mode: "hybrid".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    });
+    let gi: Vec<String> = g.hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(
+        gi,
+        ids(&search(
+            &s,
+            "lex",
+            json!({"query": qs[2], "k": 10, "mode": "hybrid"})
+        ))
+    );
+    // Without a lexical index: a 400 that says so.
+    let (st, _) = s.call(
+        "PUT",
+        "/v1/collections/lex-none",
+        Some(&json!({"lexical": "none"})),
+    );
+    assert_eq!(st, 201);
+    let (st, r) = s.call(
+        "POST",
+        "/v1/collections/lex-none/search",
+        Some(&json!({"query": "x", "mode": "lexical"})),
+    );
+    assert_eq!(st, 400, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("lexical index"),
+        "{r}"
+    );
 }

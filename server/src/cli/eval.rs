@@ -17,6 +17,8 @@ use aside_trainer::eval::cache::{
 };
 use aside_trainer::eval::{encode_with_progress, evaluate, exact_top, rank, Beir};
 
+use crate::core::types::Mode;
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -68,6 +70,25 @@ pub struct EvalArgs {
     /// faster again, within 0.995).
     #[arg(long, default_value = "f32")]
     pub precision: aside_backbone::Precision,
+    /// First stage: dense (the embeddings), lexical (BM25 over the corpus text, on
+    /// the same analyzer and index as a collection's), or hybrid (both, fused).
+    #[arg(long, default_value = "dense")]
+    pub mode: crate::core::types::Mode,
+    /// hybrid: rrf or weighted.
+    #[arg(long, default_value = "rrf")]
+    pub fusion: crate::core::types::FusionMethod,
+    /// hybrid, rrf: the k of 1 / (k + rank).
+    #[arg(long)]
+    pub rrf_k: Option<f32>,
+    /// hybrid, weighted: the dense list's weight.
+    #[arg(long)]
+    pub dense_weight: Option<f32>,
+    /// hybrid: candidates taken from each side (as `candidates` in a search).
+    #[arg(long, default_value_t = 100)]
+    pub side_candidates: usize,
+    /// lexical, hybrid: the analyzer's language.
+    #[arg(long, default_value = "en")]
+    pub language: String,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -100,6 +121,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.fuse != 0.0 && reranker.is_none() {
         bail!("--fuse weighs the retrieval score into re-ranking: it needs --rerank");
     }
+    let fusion = crate::core::types::FusionSpec {
+        method: a.fusion,
+        k: a.rrf_k,
+        dense_weight: a.dense_weight,
+    }
+    .fusion()
+    .map_err(|(f, m)| anyhow::anyhow!("--{}: {m}", f.replace("fusion.", "").replace('_', "-")))?;
+    if a.mode != Mode::Hybrid && (a.rrf_k.is_some() || a.dense_weight.is_some()) {
+        bail!("--rrf-k and --dense-weight set the fusion of --mode hybrid");
+    }
+    if a.mode != Mode::Dense && (a.hnsw || adapter.is_some() && a.mode == Mode::Lexical) {
+        bail!("--hnsw and --adapter apply to the dense side (--mode dense or hybrid)");
+    }
     let data = Beir::load(&a.data, &a.split)?;
     let opts = EncodeOptions {
         max_length: a.max_length,
@@ -120,40 +154,66 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         max_length: a.max_length,
         precision: a.precision,
     };
-    let cache = (!a.no_cache)
-        .then(|| corpus_cache_path(&key, a.adapter.as_deref(), &data))
-        .transpose()?;
-    let docs = match cache
-        .as_ref()
-        .and_then(|p| read_embeddings(p, doc_texts.len()))
-    {
-        Some(v) => {
-            eprintln!(
-                "corpus embeddings: cached in {}",
-                cache.as_ref().expect("path").display()
-            );
-            v
-        }
-        None => {
-            let v =
-                encode_with_progress(&b, adapter.as_ref(), &doc_texts, &opts, "encoding corpus")?;
-            if let Some(p) = &cache {
-                write_embeddings(p, &v)?;
-            }
-            v
-        }
+    let lexical = match a.mode {
+        Mode::Dense => None,
+        _ => Some(lexical_collection(&data, &a.language)?),
     };
-    let q_texts: Vec<&str> = data.queries.iter().map(|(_, t)| t.as_str()).collect();
-    let queries = encode_with_progress(&b, adapter.as_ref(), &q_texts, &opts, "encoding queries")?;
-    let k = 1000.min(docs.len());
-    let mut runs: HashMap<String, Vec<(String, f32)>> = if a.hnsw {
-        hnsw_runs(&data, &docs, &queries, k)?
+    let lexical_top = |q: &str, k: usize| -> anyhow::Result<Vec<aside_index::Hit>> {
+        let (_, c) = lexical.as_ref().expect("lexical collection");
+        Ok(c.search_lexical(&aside_index::LexicalRequest {
+            text: q,
+            k,
+            filter: None,
+            threshold: None,
+        })?)
+    };
+    let k = 1000.min(doc_ids.len());
+    let mut runs: HashMap<String, Vec<(String, f32)>> = if a.mode == Mode::Lexical {
+        let mut runs = HashMap::new();
+        for (qid, q) in &data.queries {
+            let hits = lexical_top(q, k)?;
+            runs.insert(
+                qid.clone(),
+                hits.into_iter().map(|h| (h.id, h.score)).collect(),
+            );
+        }
+        runs
     } else {
-        data.queries
-            .par_iter()
-            .zip(&queries)
-            .map(|((qid, _), q)| (qid.clone(), exact_top(&docs, &doc_ids, q, k)))
-            .collect()
+        let runs = dense_runs(
+            &a,
+            &b,
+            adapter.as_ref(),
+            &data,
+            &key,
+            &opts,
+            (&doc_texts, &doc_ids),
+            k,
+        )?;
+        if a.mode == Mode::Hybrid {
+            let side = a.side_candidates;
+            let as_hits = |xs: &[(String, f32)]| -> Vec<aside_index::Hit> {
+                xs.iter()
+                    .take(side)
+                    .map(|(id, s)| aside_index::Hit {
+                        id: id.clone(),
+                        score: *s,
+                        text: String::new(),
+                        metadata: serde_json::Value::Null,
+                    })
+                    .collect()
+            };
+            let mut fused = HashMap::new();
+            for (qid, q) in &data.queries {
+                let f = aside_index::fuse(as_hits(&runs[qid]), lexical_top(q, side)?, fusion);
+                fused.insert(
+                    qid.clone(),
+                    f.into_iter().map(|f| (f.hit.id, f.hit.score)).collect(),
+                );
+            }
+            fused
+        } else {
+            runs
+        }
     };
     // With re-ranking, the figures of the first stage alone (and, when fusing, of the
     // head alone) are reported beside the final ones.
@@ -266,6 +326,92 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The dense first stage: the corpus embeddings (cached), the queries', exact (or
+/// HNSW) top-k.
+#[allow(clippy::too_many_arguments)]
+fn dense_runs(
+    a: &EvalArgs,
+    b: &aside_backbone::Backbone,
+    adapter: Option<&aside_adapters::Adapter>,
+    data: &Beir,
+    key: &CacheKey<'_>,
+    opts: &EncodeOptions,
+    (doc_texts, doc_ids): (&[&str], &[String]),
+    k: usize,
+) -> anyhow::Result<HashMap<String, Vec<(String, f32)>>> {
+    let cache = (!a.no_cache)
+        .then(|| corpus_cache_path(key, a.adapter.as_deref(), data))
+        .transpose()?;
+    let docs = match cache
+        .as_ref()
+        .and_then(|p| read_embeddings(p, doc_texts.len()))
+    {
+        Some(v) => {
+            eprintln!(
+                "corpus embeddings: cached in {}",
+                cache.as_ref().expect("path").display()
+            );
+            v
+        }
+        None => {
+            let v = encode_with_progress(b, adapter, &doc_texts, opts, "encoding corpus")?;
+            if let Some(p) = &cache {
+                write_embeddings(p, &v)?;
+            }
+            v
+        }
+    };
+    let q_texts: Vec<&str> = data.queries.iter().map(|(_, t)| t.as_str()).collect();
+    let queries = encode_with_progress(b, adapter, &q_texts, opts, "encoding queries")?;
+    Ok(if a.hnsw {
+        hnsw_runs(data, &docs, &queries, k)?
+    } else {
+        data.queries
+            .par_iter()
+            .zip(&queries)
+            .map(|((qid, _), q)| (qid.clone(), exact_top(&docs, &doc_ids, q, k)))
+            .collect()
+    })
+}
+
+/// A temporary collection holding the corpus for BM25 (one-dimensional vectors: its
+/// dense side is not used).
+fn lexical_collection(
+    data: &Beir,
+    language: &str,
+) -> anyhow::Result<(tempfile::TempDir, std::sync::Arc<aside_index::Collection>)> {
+    use aside_index::{CollectionConfig, Doc, HnswParams, Index, LexicalSettings, Metric, Space};
+    let dir = tempfile::tempdir()?;
+    let index = Index::open(dir.path())?;
+    let c = index.create(CollectionConfig {
+        name: "eval".into(),
+        dim: 1,
+        metric: Metric::Dot,
+        hnsw: HnswParams::default(),
+        space: Space::default(),
+        engine: Default::default(),
+        lexical: Some(LexicalSettings {
+            language: language.into(),
+        }),
+    })?;
+    for chunk in data.corpus.chunks(4096) {
+        c.upsert(
+            chunk
+                .iter()
+                .map(|(id, text)| Doc {
+                    id: id.clone(),
+                    vector: vec![1.0],
+                    text: text.clone(),
+                    metadata: serde_json::json!({}),
+                })
+                .collect(),
+        )?;
+    }
+    c.commit_lexical()?;
+    eprintln!("lexical index: {} documents ({language})", c.count());
+    Ok((dir, c))
 }
 
 fn hnsw_runs(

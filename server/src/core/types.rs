@@ -172,9 +172,9 @@ impl LexicalSpec {
                 language: "en".into(),
             })),
             Some(LexicalSpec::Off(s)) if s == "none" => Ok(None),
-            Some(LexicalSpec::Off(s)) => Err(format!(
-                "`{s}`: give \"none\" or {{\"language\": code}}"
-            )),
+            Some(LexicalSpec::Off(s)) => {
+                Err(format!("`{s}`: give \"none\" or {{\"language\": code}}"))
+            }
             Some(LexicalSpec::On(l)) if l.language == "none" => Ok(None),
             Some(LexicalSpec::On(l)) => Ok(Some(l.clone())),
         }

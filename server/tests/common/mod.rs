@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
 pub struct Server {
     pub child: Child,
     pub addr: String,
@@ -253,4 +255,71 @@ pub fn run_python(python: &Path, script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+// ---------------------------------------------------------------- SciFact helpers
+
+/// The first `n` SciFact documents (title + text), with metadata `part` (i % 5),
+/// `even` and `title`.
+pub fn corpus(data: &Path, n: usize) -> Vec<Value> {
+    std::fs::read_to_string(data.join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+        .take(n)
+        .enumerate()
+        .map(|(i, l)| {
+            let d: Value = serde_json::from_str(l).unwrap();
+            json!({"id": d["_id"],
+                   "text": format!("{} {}", d["title"].as_str().unwrap(), d["text"].as_str().unwrap()),
+                   "metadata": {"part": i % 5, "even": i % 2 == 0, "title": d["title"]}})
+        })
+        .collect()
+}
+
+/// The first `n` SciFact queries.
+pub fn queries(data: &Path, n: usize) -> Vec<String> {
+    std::fs::read_to_string(data.join("queries.jsonl"))
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Upserts documents 100 a request.
+pub fn put_docs(s: &Server, coll: &str, docs: &[Value]) {
+    for chunk in docs.chunks(100) {
+        let (st, r) = s.call(
+            "POST",
+            &format!("/v1/collections/{coll}/documents"),
+            Some(&json!({"documents": chunk})),
+        );
+        assert_eq!(st, 200, "{r}");
+    }
+}
+
+/// The hit ids of a search answer.
+pub fn ids(r: &Value) -> Vec<String> {
+    r["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits in {r}"))
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A search over HTTP that must answer 200.
+pub fn search(s: &Server, coll: &str, body: Value) -> Value {
+    let (st, r) = s.call(
+        "POST",
+        &format!("/v1/collections/{coll}/search"),
+        Some(&body),
+    );
+    assert_eq!(st, 200, "{r}");
+    r
 }
