@@ -46,6 +46,18 @@ assert len(rr.hits) == 3 and rr.hits[0].score >= rr.hits[-1].score
 assert c.search("docs", "cells", k=3, rerank="judge").timings["rerank_ms"] is not None
 print("ok search with filter and re-ranking")
 
+lx = c.search("docs", "cells", k=5, mode="lexical", filter={"even": False})
+assert len(lx.hits) == 5 and all("cells" in h.text for h in lx.hits), lx
+assert all(h.found_by["lexical"]["rank"] == i + 1 for i, h in enumerate(lx.hits)), lx
+hy = c.search("docs", "cells", k=5, mode="hybrid", fusion={"method": "weighted", "dense_weight": 0.3},
+              candidates=20)
+assert len(hy.hits) == 5 and all(0 <= h.score <= 1 for h in hy.hits), hy
+assert c.search("docs", "cells", k=3, mode="hybrid", fusion="rrf").hits[0].found_by is not None
+none = c.create_collection("no-lexical", lexical="none")
+assert none.details["lexical"] is None, none.details
+c.delete_collection("no-lexical")
+print("ok lexical and hybrid search")
+
 v = c.embed(["hello", "world"], adapter="ret")
 assert len(v) == 2 and len(v[0]) == col.dim
 ranked = c.rerank("cells", ["a cell", "stocks"], adapter="judge")

@@ -88,6 +88,9 @@ class Hit:
     score: float
     text: str
     metadata: Dict[str, Any]
+    # Lexical and hybrid searches: {"dense": {"rank", "score"}, "lexical": {...}},
+    # each side present when it found the hit.
+    found_by: Optional[Dict[str, Dict[str, float]]] = None
 
 
 @dataclass
@@ -187,10 +190,13 @@ class Client:
 
     def create_collection(self, name: str, adapter: Optional[str] = None, metric: Optional[str] = None,
                           hnsw: Optional[Dict[str, int]] = None, store: Optional[str] = None,
-                          engine: Optional[str] = None) -> Collection:
+                          engine: Optional[str] = None, lexical: Optional[str] = None) -> Collection:
         """`store`: "local" or "milvus" (the server's --store when unset); `engine`:
-        a local collection's graph, "graph" (default) or "hnsw_rs"."""
+        a local collection's graph, "graph" (default) or "hnsw_rs"; `lexical`: the
+        BM25 index's language ("en" when unset) or "none"."""
         body: Dict[str, Any] = {}
+        if lexical is not None:
+            body["lexical"] = "none" if lexical == "none" else {"language": lexical}
         if store is not None:
             body["store"] = store
         if engine is not None:
@@ -241,17 +247,25 @@ class Client:
 
     def search(self, collection: str, query: str, k: Optional[int] = None, filter: Optional[dict] = None,
                threshold: Optional[float] = None, exact: Optional[bool] = None, ef: Optional[int] = None,
-               rerank: Optional[Union[str, Dict[str, Any]]] = None) -> SearchResult:
+               rerank: Optional[Union[str, Dict[str, Any]]] = None, mode: Optional[str] = None,
+               fusion: Optional[Union[str, Dict[str, Any]]] = None,
+               candidates: Optional[int] = None) -> SearchResult:
         """Searches a collection; `rerank` is a rerank adapter's name or
-        `{adapter, candidates?, fuse?}`."""
+        `{adapter, candidates?, fuse?}`; `mode` "dense" (default), "lexical" or
+        "hybrid"; `fusion` (hybrid) "rrf", "weighted" or `{method, k?, dense_weight?}`;
+        `candidates` (hybrid) per side."""
         body: Dict[str, Any] = {"query": query}
-        for key, value in [("k", k), ("filter", filter), ("threshold", threshold), ("exact", exact), ("ef", ef)]:
+        if isinstance(fusion, str):
+            fusion = {"method": fusion}
+        for key, value in [("k", k), ("filter", filter), ("threshold", threshold), ("exact", exact), ("ef", ef),
+                           ("mode", mode), ("fusion", fusion), ("candidates", candidates)]:
             if value is not None:
                 body[key] = value
         if rerank is not None:
             body["rerank"] = {"adapter": rerank} if isinstance(rerank, str) else rerank
         v = self._request("POST", f"/v1/collections/{self._seg(collection)}/search", body)
-        hits = [Hit(id=h["id"], score=h["score"], text=h["text"], metadata=h["metadata"]) for h in v["hits"]]
+        hits = [Hit(id=h["id"], score=h["score"], text=h["text"], metadata=h["metadata"],
+                    found_by=h.get("found_by")) for h in v["hits"]]
         return SearchResult(hits=hits, adapter_version=v.get("adapter_version"), timings=v.get("timings", {}))
 
     def embed(self, inputs: Sequence[str], adapter: Optional[str] = None) -> List[List[float]]:
