@@ -10,7 +10,10 @@
 # oha: `cargo install oha`. PRECISION=int8|int8-fast serves the int8 backbone;
 # DOCS=N indexes only the corpus's first N documents (the query's forward pass, not
 # the HNSW search, is the cost measured); DURATION (default 30s) per run; RATE
-# (default 200) for the fixed-rate run; ROUNDS (default 3).
+# (default 200) for the fixed-rate run; ROUNDS (default 3). MODES (default dense)
+# lists the search modes to load, each in turn ("dense lexical hybrid" measures what
+# BM25 and fusion add), each also from one client at a time (no queueing: p50 is
+# the time of one search).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data="${1:?usage: bench/load.sh BEIR_SCIFACT_DIR}"
@@ -37,7 +40,8 @@ curl -sf -X PUT "$base/v1/collections/scifact" -H 'content-type: application/jso
 
 # Index the corpus; write the request bodies, one JSON per line, cycling through the
 # 300 test queries (the embed bodies for 16 adapters name a0 .. a15 in turn).
-python3 - "$data" "$base" "$tmp" "${DOCS:-0}" <<'PY'
+modes="${MODES:-dense}"
+python3 - "$data" "$base" "$tmp" "${DOCS:-0}" "$modes" <<'PY'
 import json, sys, time, urllib.request
 data, base, tmp, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 docs = [json.loads(l) for l in open(f"{data}/corpus.jsonl")]
@@ -51,8 +55,9 @@ for i in range(0, len(docs), 100):
 print(f"indexed {len(docs)} documents over HTTP in {time.time() - t0:.0f} s", file=sys.stderr)
 ids = {l.split("\t")[0] for l in list(open(f"{data}/qrels/test.tsv"))[1:]}
 qs = [json.loads(l)["text"] for l in open(f"{data}/queries.jsonl") if json.loads(l)["_id"] in ids]
-with open(f"{tmp}/search.txt", "w") as f:
-    f.writelines(json.dumps({"query": q, "k": 10}) + "\n" for q in qs)
+for mode in sys.argv[5].split():
+    with open(f"{tmp}/search-{mode}.txt", "w") as f:
+        f.writelines(json.dumps({"query": q, "k": 10, "mode": mode}) + "\n" for q in qs)
 with open(f"{tmp}/embed1.txt", "w") as f:
     f.writelines(json.dumps({"inputs": [q], "adapter": "a0"}) + "\n" for q in qs)
 with open(f"{tmp}/embed16.txt", "w") as f:
@@ -73,22 +78,26 @@ load() {
   local name=$1 path=$2 bodies=$3
   shift 3
   ticks > "$tmp/$name.ticks"
-  "$oha" --no-tui --output-format json -o "$tmp/$name.json" -c 32 -z "$dur" -m POST \
+  "$oha" --no-tui --output-format json -o "$tmp/$name.json" -c "${conc:-32}" -z "$dur" -m POST \
     -T application/json -Z "$bodies" "$@" "$base$path"
   ticks >> "$tmp/$name.ticks"
 }
 # Warm-up (not reported).
-DUR="$dur"; dur=5s; load warmup /v1/collections/scifact/search "$tmp/search.txt"; dur="$DUR"
-load search /v1/collections/scifact/search "$tmp/search.txt"
-load search-rate /v1/collections/scifact/search "$tmp/search.txt" -q "$rate" --latency-correction
-for r in $(seq "$rounds"); do
+first="${modes%% *}"
+DUR="$dur"; dur=5s; load warmup /v1/collections/scifact/search "$tmp/search-$first.txt"; dur="$DUR"
+for m in $modes; do
+  load "search-$m" /v1/collections/scifact/search "$tmp/search-$m.txt"
+  load "search-rate-$m" /v1/collections/scifact/search "$tmp/search-$m.txt" -q "$rate" --latency-correction
+  conc=1 load "search-one-$m" /v1/collections/scifact/search "$tmp/search-$m.txt"
+done
+for r in $(seq 1 "$rounds"); do
   load "embed1-$r" /v1/embed "$tmp/embed1.txt"
   load "embed16-$r" /v1/embed "$tmp/embed16.txt"
 done
 
-python3 - "$tmp" "$rounds" "$rate" "${PRECISION:-f32}" <<'PY'
+python3 - "$tmp" "$rounds" "$rate" "${PRECISION:-f32}" "$modes" <<'PY'
 import json, statistics, sys
-tmp, rounds, rate, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tmp, rounds, rate, precision, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].split()
 def run(name):
     j = json.load(open(f"{tmp}/{name}.json"))
     s, p = j["summary"], j["latencyPercentiles"]
@@ -101,10 +110,15 @@ def run(name):
     steal = 100 * (st1 - st0) / max(t1 - t0, 1)
     return s["requestsPerSec"], 1000 * p["p50"], 1000 * p["p99"], bad, n, cpu_ms, steal
 print(f"precision {precision}, concurrency 32")
-for name, what in [("search", "search, saturated"), ("search-rate", f"search, fixed {rate} req/s")]:
-    rps, p50, p99, bad, n, cpu, steal = run(name)
-    print(f"{what}: {rps:.1f} req/s, p50 {p50:.0f} ms, p99 {p99:.0f} ms ({n} requests, "
-          f"{bad} not 2xx); server CPU {cpu:.2f} ms/request; steal {steal:.0f}%")
+for m in modes:
+    for name, what in [(f"search-{m}", f"search {m}, saturated"),
+                       (f"search-rate-{m}", f"search {m}, fixed {rate} req/s"),
+                       (f"search-one-{m}", f"search {m}, one client")]:
+        rps, p50, p99, bad, n, cpu, steal = run(name)
+        print(f"{what}: {rps:.1f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} requests, "
+              f"{bad} not 2xx); server CPU {cpu:.2f} ms/request; steal {steal:.0f}%")
+if rounds == 0:
+    sys.exit(0)
 for k, what in [(1, "1 adapter:  "), (16, "16 adapters:")]:
     runs = [run(f"embed{k}-{r}") for r in range(1, rounds + 1)]
     print(f"embed, {what} " + ", ".join(f"{v[0]:.1f} req/s ({v[5]:.2f} ms CPU, steal {v[6]:.0f}%)" for v in runs))
