@@ -171,6 +171,7 @@ async fn every_rpc_round_trips() {
             }),
             store: String::new(),
             engine: String::new(),
+            lexical: String::new(),
         })
         .await
         .unwrap()
@@ -422,6 +423,7 @@ async fn bad_requests_get_mapped_status_codes() {
         hnsw: None,
         store: String::new(),
         engine: String::new(),
+        lexical: String::new(),
     };
     collections
         .create_collection(with_key("adm", create()))
@@ -442,6 +444,7 @@ async fn bad_requests_get_mapped_status_codes() {
                 hnsw: None,
                 store: String::new(),
                 engine: String::new(),
+                lexical: String::new(),
             },
         ))
         .await

@@ -255,6 +255,7 @@ async fn the_same_scenarios_give_equal_results_over_both() {
             }),
             store: String::new(),
             engine: String::new(),
+            lexical: String::new(),
         })
         .await
         .unwrap()

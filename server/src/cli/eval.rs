@@ -356,7 +356,7 @@ fn dense_runs(
             v
         }
         None => {
-            let v = encode_with_progress(b, adapter, &doc_texts, opts, "encoding corpus")?;
+            let v = encode_with_progress(b, adapter, doc_texts, opts, "encoding corpus")?;
             if let Some(p) = &cache {
                 write_embeddings(p, &v)?;
             }
@@ -371,7 +371,7 @@ fn dense_runs(
         data.queries
             .par_iter()
             .zip(&queries)
-            .map(|((qid, _), q)| (qid.clone(), exact_top(&docs, &doc_ids, q, k)))
+            .map(|((qid, _), q)| (qid.clone(), exact_top(&docs, doc_ids, q, k)))
             .collect()
     })
 }
