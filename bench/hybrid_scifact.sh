@@ -48,6 +48,6 @@ row dense-iaa-l "${A[@]}"
 row hybrid-iaa-l "${A[@]}" --mode hybrid
 row hybrid-weighted-iaa-l "${A[@]}" --mode hybrid --fusion weighted
 R=(--rerank "$OUT/rerank-iaa-l.safetensors" --candidates 100)
-for fuse in ${FUSES:-0 20}; do
+for fuse in ${FUSES:-0 10 20 40 80}; do
   row "hybrid-weighted-iaa-l-rerank-fuse$fuse" "${A[@]}" --mode hybrid --fusion weighted "${R[@]}" --fuse "$fuse"
 done

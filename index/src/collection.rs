@@ -429,6 +429,28 @@ impl State {
         lex
     }
 
+    /// (score, live slot) pairs as hits: best first (ties by id), the best `k`, those
+    /// below `threshold` left out.
+    fn hits(&self, mut scored: Vec<(f32, usize)>, k: usize, threshold: Option<f32>) -> Vec<Hit> {
+        let id_of = |s: usize| self.ids[s].as_ref().expect("live");
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id_of(a.1).cmp(id_of(b.1))));
+        scored.truncate(k);
+        scored
+            .into_iter()
+            .filter(|(score, _)| threshold.is_none_or(|t| *score >= t))
+            .map(|(score, s)| {
+                let id = id_of(s).clone();
+                let e = &self.docs[&id];
+                Hit {
+                    score,
+                    text: e.text.clone(),
+                    metadata: e.metadata.clone(),
+                    id,
+                }
+            })
+            .collect()
+    }
+
     /// The live documents as (lexical key, text).
     fn lexical_docs(&self) -> impl Iterator<Item = (u64, &str)> {
         self.docs.values().map(|e| (e.key, e.text.as_str()))
@@ -962,23 +984,7 @@ impl Collection {
                 .map(|s| (score(s), s))
                 .collect();
         }
-        let id_of = |s: usize| st.ids[s].as_ref().expect("kept");
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id_of(a.1).cmp(id_of(b.1))));
-        scored.truncate(req.k);
-        Ok(scored
-            .into_iter()
-            .filter(|(score, _)| req.threshold.is_none_or(|t| *score >= t))
-            .map(|(score, s)| {
-                let id = id_of(s).clone();
-                let e = &st.docs[&id];
-                Hit {
-                    score,
-                    text: e.text.clone(),
-                    metadata: e.metadata.clone(),
-                    id,
-                }
-            })
-            .collect())
+        Ok(st.hits(scored, req.k, req.threshold))
     }
 }
 
@@ -1024,23 +1030,8 @@ impl Collection {
                 .is_none_or(|f| f.matches(&st.docs[id].metadata))
                 .then_some(slot)
         };
-        let mut scored = lx.search(req.text, req.k, &resolve)?;
-        let id_of = |s: usize| st.ids[s].as_ref().expect("live");
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| id_of(a.1).cmp(id_of(b.1))));
-        Ok(scored
-            .into_iter()
-            .filter(|(score, _)| req.threshold.is_none_or(|t| *score >= t))
-            .map(|(score, s)| {
-                let id = id_of(s).clone();
-                let e = &st.docs[&id];
-                Hit {
-                    score,
-                    text: e.text.clone(),
-                    metadata: e.metadata.clone(),
-                    id,
-                }
-            })
-            .collect())
+        let scored = lx.search(req.text, req.k, &resolve)?;
+        Ok(st.hits(scored, req.k, req.threshold))
     }
 }
 
