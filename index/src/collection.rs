@@ -371,11 +371,7 @@ impl State {
             } else {
                 0
             };
-            let text = if self.lexical {
-                Some(d.text.clone())
-            } else {
-                None
-            };
+            let text = self.lexical.then(|| d.text.clone());
             let e = Entry {
                 slot,
                 key,
@@ -659,7 +655,12 @@ impl Collection {
 
     /// Starts the background indexer unless it runs or there is nothing to index.
     fn kick_indexer(self: &Arc<Self>) {
-        if !self.has_work() || self.indexer_running.swap(true, Ordering::AcqRel) {
+        // A running indexer re-checks for work before it stops; asking first would
+        // make a writer wait for the lexical writer's lock through a tantivy commit.
+        if self.indexer_running.load(Ordering::Acquire)
+            || !self.has_work()
+            || self.indexer_running.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         // Weak while it waits for a lexical commit: a collection dropped by everybody

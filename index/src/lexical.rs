@@ -183,7 +183,6 @@ struct Writing {
     uncommitted: usize,
     given_seq: u64,
     last_commit: Instant,
-    error: Option<String>,
 }
 
 pub(crate) struct Lexical {
@@ -289,7 +288,6 @@ impl Lexical {
                 uncommitted: 0,
                 given_seq: 0,
                 last_commit: Instant::now(),
-                error: None,
             }),
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
@@ -352,9 +350,7 @@ impl Lexical {
                 }
                 None => {}
             }
-            w.writer
-                .add_document(doc!(self.key_f => k, self.text_f => text))
-                .map_err(lex_err("adding"))?;
+            self.add(&mut w, k, text)?;
             added += 1;
         }
         for k in have.keys().filter(|k| !seen.contains(k)) {
@@ -410,24 +406,10 @@ impl Lexical {
     /// when `idle` and the commit interval has passed. Returns how long to wait before
     /// a commit is due (None: nothing waits).
     pub(crate) fn flush(&self, idle: bool) -> Option<Duration> {
-        let ops = std::mem::take(&mut self.pending.lock().ops);
         let mut w = self.writing.lock();
-        for (seq, op) in ops {
-            let r = match op {
-                LexOp::Add { key, text } => w
-                    .writer
-                    .add_document(doc!(self.key_f => key, self.text_f => text))
-                    .map(|_| ()),
-                LexOp::Delete(key) => {
-                    w.writer.delete_term(Term::from_field_u64(self.key_f, key));
-                    Ok(())
-                }
-            };
-            if let Err(e) = r {
-                w.error = Some(e.to_string());
-            }
-            w.uncommitted += 1;
-            w.given_seq = seq;
+        if let Err(e) = self.hand_over(&mut w) {
+            // Searchable from the tail meanwhile; the next open adds it from the log.
+            tracing::warn!(dir = %self.dir.display(), "lexical index: {e}");
         }
         if w.uncommitted == 0 {
             return None;
@@ -438,7 +420,6 @@ impl Lexical {
                 // The tail keeps the documents searchable; the next turn tries again,
                 // and the next open rebuilds from the log whatever was lost.
                 tracing::warn!(dir = %self.dir.display(), "lexical commit failed: {e}");
-                w.error = Some(e.to_string());
                 w.last_commit = Instant::now();
                 return Some(COMMIT_INTERVAL);
             }
@@ -449,26 +430,41 @@ impl Lexical {
 
     /// Commits what the writer holds now (before the directory is linked elsewhere).
     pub(crate) fn commit_now(&self) -> Result<()> {
-        let ops = std::mem::take(&mut self.pending.lock().ops);
         let mut w = self.writing.lock();
-        for (seq, op) in ops {
-            match op {
-                LexOp::Add { key, text } => {
-                    w.writer
-                        .add_document(doc!(self.key_f => key, self.text_f => text))
-                        .map_err(lex_err("adding"))?;
-                }
-                LexOp::Delete(key) => {
-                    w.writer.delete_term(Term::from_field_u64(self.key_f, key));
-                }
-            }
-            w.uncommitted += 1;
-            w.given_seq = seq;
-        }
+        self.hand_over(&mut w)?;
         if w.uncommitted > 0 {
             self.commit(&mut w)?;
         }
         Ok(())
+    }
+
+    /// Gives every queued change to the writer, in order. A document the writer
+    /// refuses is skipped (the rest still go) and the first such fault returned.
+    fn hand_over(&self, w: &mut Writing) -> Result<()> {
+        let ops = std::mem::take(&mut self.pending.lock().ops);
+        let mut first = Ok(());
+        for (seq, op) in ops {
+            let r = match op {
+                LexOp::Add { key, text } => self.add(w, key, &text),
+                LexOp::Delete(key) => {
+                    w.writer.delete_term(Term::from_field_u64(self.key_f, key));
+                    Ok(())
+                }
+            };
+            if first.is_ok() {
+                first = r;
+            }
+            w.uncommitted += 1;
+            w.given_seq = seq;
+        }
+        first
+    }
+
+    fn add(&self, w: &mut Writing, key: u64, text: &str) -> Result<()> {
+        w.writer
+            .add_document(doc!(self.key_f => key, self.text_f => text))
+            .map(|_| ())
+            .map_err(lex_err("adding"))
     }
 
     fn commit(&self, w: &mut Writing) -> Result<()> {
@@ -482,7 +478,6 @@ impl Lexical {
         v.tail_tokens = v.tail.iter().map(|d| d.len as u64).sum();
         w.uncommitted = 0;
         w.last_commit = Instant::now();
-        w.error = None;
         Ok(())
     }
 

@@ -117,6 +117,17 @@ struct Env {
     milvus: Milvus,
 }
 
+impl Env {
+    /// One replica whose default store is this Milvus.
+    fn server(&self, data_dir: &Path) -> Server {
+        Server::start(
+            &self.model,
+            data_dir,
+            &["--store", "milvus", "--milvus-url", &self.milvus.url],
+        )
+    }
+}
+
 fn env() -> Option<Env> {
     let model = real_model(env!("CARGO_MANIFEST_DIR"))?;
     let data = scifact()?;
@@ -132,11 +143,7 @@ fn env() -> Option<Env> {
 fn the_local_scenarios_hold_on_milvus() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &e.model,
-        dir.path(),
-        &["--store", "milvus", "--milvus-url", &e.milvus.url],
-    );
+    let s = e.server(dir.path());
     // The same documents in both stores: the default store (milvus), and local.
     let (st, c) = s.call("PUT", "/v1/collections/sci", None);
     assert_eq!((st, c["store"].as_str()), (201, Some("milvus")), "{c}");
@@ -547,11 +554,7 @@ fn two_replicas_share_collections_adapters_and_one_reembedding() {
 fn lexical_and_hybrid_search_on_milvus() {
     let Some(e) = env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &e.model,
-        dir.path(),
-        &["--store", "milvus", "--milvus-url", &e.milvus.url],
-    );
+    let s = e.server(dir.path());
     let (st, c) = s.call("PUT", "/v1/collections/lex", None);
     assert_eq!((st, c["store"].as_str()), (201, Some("milvus")), "{c}");
     assert_eq!(c["lexical"], json!({"language": "en"}), "{c}");

@@ -378,24 +378,37 @@ fn dense_runs(
 
 /// A temporary collection holding the corpus for BM25 (one-dimensional vectors: its
 /// dense side is not used).
-fn lexical_collection(
-    data: &Beir,
-    language: &str,
+/// An empty collection (dot product, default HNSW) in a temporary directory, which
+/// lives as long as the returned guard.
+fn temp_collection(
+    dim: usize,
+    lexical: Option<aside_index::LexicalSettings>,
 ) -> anyhow::Result<(tempfile::TempDir, std::sync::Arc<aside_index::Collection>)> {
-    use aside_index::{CollectionConfig, Doc, HnswParams, Index, LexicalSettings, Metric, Space};
+    use aside_index::{CollectionConfig, HnswParams, Index, Metric, Space};
     let dir = tempfile::tempdir()?;
-    let index = Index::open(dir.path())?;
-    let c = index.create(CollectionConfig {
+    let c = Index::open(dir.path())?.create(CollectionConfig {
         name: "eval".into(),
-        dim: 1,
+        dim,
         metric: Metric::Dot,
         hnsw: HnswParams::default(),
         space: Space::default(),
         engine: Default::default(),
-        lexical: Some(LexicalSettings {
+        lexical,
+    })?;
+    Ok((dir, c))
+}
+
+fn lexical_collection(
+    data: &Beir,
+    language: &str,
+) -> anyhow::Result<(tempfile::TempDir, std::sync::Arc<aside_index::Collection>)> {
+    use aside_index::{Doc, LexicalSettings};
+    let (dir, c) = temp_collection(
+        1,
+        Some(LexicalSettings {
             language: language.into(),
         }),
-    })?;
+    )?;
     for chunk in data.corpus.chunks(4096) {
         c.upsert(
             chunk
@@ -420,18 +433,8 @@ fn hnsw_runs(
     queries: &[Vec<f32>],
     k: usize,
 ) -> anyhow::Result<HashMap<String, Vec<(String, f32)>>> {
-    use aside_index::{CollectionConfig, Doc, HnswParams, Index, Metric, SearchRequest, Space};
-    let dir = tempfile::tempdir()?;
-    let index = Index::open(dir.path())?;
-    let c = index.create(CollectionConfig {
-        name: "eval".into(),
-        dim: docs[0].len(),
-        metric: Metric::Dot,
-        hnsw: HnswParams::default(),
-        space: Space::default(),
-        engine: Default::default(),
-        lexical: None,
-    })?;
+    use aside_index::{Doc, SearchRequest};
+    let (_dir, c) = temp_collection(docs[0].len(), None)?;
     let batch: Vec<Doc> = data
         .corpus
         .iter()
