@@ -401,3 +401,203 @@ fn bad_settings_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
     assert!(!fx.dir.path().join("x.safetensors").exists());
 }
+
+/// The eval's nDCG@10 of `aside eval` on a folder (`--max-length 32`, no cache).
+fn eval_ndcg(fx: &Fx, data: &str, split: &str, extra: &[&str]) -> f64 {
+    let (model, data) = (fx.p("model"), data.to_owned());
+    let out = run(&args(
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--split",
+            split,
+            "--max-length",
+            "32",
+            "--no-cache",
+            "--json",
+        ],
+        extra,
+    ));
+    ok(&out);
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    m["ndcg@10"].as_f64().unwrap()
+}
+
+fn summary(fx: &Fx, out: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(fx.dir.path().join(format!("{out}.train/summary.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_dev_evaluation_is_what_aside_eval_reports_on_the_dev_folder() {
+    let fx = Fx::new();
+    // Retrieval: base and best dev figures against `aside eval` on the written folder,
+    // without and with the written adapter (the best checkpoint).
+    let err = ok(&run(&fx.train_args(
+        "a.safetensors",
+        &[
+            "--kind",
+            "iaa-l",
+            "--r",
+            "4",
+            "--ar",
+            "8",
+            "--epochs",
+            "6",
+            "--lr",
+            "1e-2",
+            "--dev-queries",
+            "6",
+            "--eval-every",
+            "2",
+            "--keep-worse",
+        ],
+    )));
+    assert!(err.contains("dev nDCG@10 of the base model"), "{err}");
+    assert!(err.contains("plan: "), "{err}");
+    let s = summary(&fx, "a.safetensors");
+    let dev = &s["dev"];
+    assert_eq!(dev["queries"], 6);
+    assert_eq!(dev["evaluations"].as_array().unwrap().len(), 1 + 6);
+    let folder = fx.p("a.safetensors.train/dev");
+    let base = eval_ndcg(&fx, &folder, "dev", &[]);
+    assert!(
+        (base - dev["base_ndcg10"].as_f64().unwrap()).abs() < 1e-6,
+        "{base} {dev}"
+    );
+    let written = eval_ndcg(&fx, &folder, "dev", &["--adapter", &fx.p("a.safetensors")]);
+    let best = dev["best_ndcg10"].as_f64().unwrap();
+    assert!((written - best).abs() < 1e-6, "{written} {dev}");
+    let kept = s["kept_step"].as_u64().unwrap();
+    let at_kept = dev["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["step"] == kept)
+        .unwrap();
+    assert_eq!(at_kept["ndcg10"].as_f64().unwrap(), best);
+
+    // Rerank: the base is the retriever's order over the pool; the written head
+    // re-ranks its top --dev-depth as `aside eval --rerank --candidates` does.
+    ok(&run(&fx.train_args(
+        "r.safetensors",
+        &[
+            "--kind",
+            "iaa-l",
+            "--r",
+            "4",
+            "--ar",
+            "8",
+            "--task",
+            "rerank",
+            "--epochs",
+            "3",
+            "--dev-queries",
+            "6",
+            "--dev-depth",
+            "4",
+            "--keep-worse",
+        ],
+    )));
+    let s = summary(&fx, "r.safetensors");
+    let folder = fx.p("r.safetensors.train/dev");
+    let base = eval_ndcg(&fx, &folder, "dev", &[]);
+    assert!(
+        (base - s["dev"]["base_ndcg10"].as_f64().unwrap()).abs() < 1e-6,
+        "{base} {s}"
+    );
+    let written = eval_ndcg(
+        &fx,
+        &folder,
+        "dev",
+        &["--rerank", &fx.p("r.safetensors"), "--candidates", "4"],
+    );
+    let best = s["dev"]["best_ndcg10"].as_f64().unwrap();
+    assert!((written - best).abs() < 1e-6, "{written} {s}");
+}
+
+#[test]
+fn training_that_only_makes_the_task_worse_writes_nothing_and_fails() {
+    let fx = Fx::new();
+    // Each query's text is its document's: the bare backbone already ranks every
+    // judged document first (dev nDCG@10 1), so no checkpoint can beat it. The dev
+    // queries keep their true judgements; every other training query is judged
+    // relevant to another query's document, so training only pulls queries away
+    // from their own.
+    let data = std::path::Path::new(&fx.p("data")).to_owned();
+    let split = aside_trainer::TrainSet::load(
+        &data,
+        "train",
+        &aside_trainer::data::SplitOptions {
+            dev_queries: Some(6),
+            min_relevance: 1,
+            seed: 42,
+        },
+    )
+    .unwrap();
+    let dev: Vec<&str> = split
+        .dev
+        .iter()
+        .map(|&q| split.queries[q].0.as_str())
+        .collect();
+    let mut queries = String::new();
+    for (i, (id, text)) in split.corpus.iter().enumerate().take(24) {
+        assert_eq!(id, &format!("d{i}"));
+        queries.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"_id": format!("q{i}"), "text": text})
+        ));
+    }
+    std::fs::write(data.join("queries.jsonl"), queries).unwrap();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for (i, (q, _)) in split.queries.iter().enumerate() {
+        let d = if dev.contains(&q.as_str()) {
+            i
+        } else {
+            (i + 7) % split.queries.len()
+        };
+        qrels.push_str(&format!("{q}\td{d}\t1\n"));
+    }
+    std::fs::write(data.join("qrels/train.tsv"), qrels).unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = fx.train_args(
+            "w.safetensors",
+            &[
+                "--kind",
+                "iaa-l",
+                "--r",
+                "4",
+                "--ar",
+                "8",
+                "--epochs",
+                "8",
+                "--lr",
+                "3e-2",
+                "--dev-queries",
+                "6",
+            ],
+        );
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run(&a)
+    };
+    let out = train(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("no checkpoint beat the base model"), "{err}");
+    assert!(!fx.dir.path().join("w.safetensors").exists());
+    let s = summary(&fx, "w.safetensors");
+    assert_eq!(s["written"], false);
+    assert_eq!(s["dev"]["improved"], false);
+    assert_eq!(s["dev"]["base_ndcg10"], 1.0);
+    assert!(s["dev"]["best_ndcg10"].as_f64() <= s["dev"]["base_ndcg10"].as_f64());
+    // --keep-worse writes the best of the worse checkpoints, and says so.
+    let out = train(&["--keep-worse"]);
+    let err = ok(&out);
+    assert!(err.contains("scores below the base model"), "{err}");
+    assert!(fx.dir.path().join("w.safetensors").is_file());
+}

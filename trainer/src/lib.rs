@@ -17,5 +17,7 @@ pub mod plot;
 pub mod testing;
 pub mod train;
 
-pub use data::TrainSet;
-pub use train::{EpochLog, Outcome, Progress, StepLog, Target, TrainConfig, Trainer};
+pub use data::{default_dev_queries, TrainSet};
+pub use train::{
+    DevLog, EpochLog, Outcome, Progress, Sample, StepLog, Target, TrainConfig, Trainer, Verdict,
+};

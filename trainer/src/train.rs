@@ -2,7 +2,7 @@
 //! its loss on a batch, AdamW with warm-up and decay, clipping, dev evaluation,
 //! checkpoints that `resume` continues from exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -17,7 +17,8 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{shuffle, TrainSet};
-use crate::eval::metrics::{ndcg_at, rank};
+use crate::eval::exact_top;
+use crate::eval::metrics::{evaluate, rank};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
 
 /// What is trained.
@@ -33,6 +34,7 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub task: String,
+    /// Passes over the training queries (0: only `max_steps` bounds the run).
     pub epochs: usize,
     /// Stop after this many updates (0: the epochs decide).
     pub max_steps: usize,
@@ -60,8 +62,63 @@ pub struct TrainConfig {
     pub doc_max_length: usize,
     pub seed: u64,
     pub dev_queries: usize,
-    /// Stop when the dev nDCG@10 has not improved for this many epochs (0: never).
+    /// Stop when the dev nDCG@10 has not improved for this many evaluations (0: never).
     pub patience: usize,
+    /// Evaluate on the dev split every this many steps (and at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// The dev pool: each dev query's base-model top `dev_depth` documents plus its
+    /// judged ones; for rerank, the candidates re-ranked.
+    #[serde(default = "default_dev_depth")]
+    pub dev_depth: usize,
+    /// An epoch visits each training query once with one of its positives
+    /// (`queries`), or each judged (query, positive) pair once (`pairs`).
+    #[serde(default = "default_sample")]
+    pub sample: Sample,
+    /// Negatives at least this like one of the query's positives (base-model cosine
+    /// of the two documents), or with the same text, are not drawn (none: all are).
+    #[serde(default)]
+    pub near_duplicate: Option<f32>,
+    /// Positive-aware margin: a negative the base model scores above `margin` times
+    /// the positive's score is likely an unjudged relevant document and is not drawn.
+    #[serde(default)]
+    pub margin: Option<f32>,
+    /// Retrieval: an in-batch document with the same text as one judged relevant to
+    /// the query is masked out, not counted as a negative.
+    #[serde(default)]
+    pub mask_same_text: bool,
+    /// The lowest grade that trains as a positive.
+    #[serde(default = "default_min_relevance")]
+    pub min_relevance: i32,
+}
+
+/// How an epoch walks the judgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sample {
+    Queries,
+    Pairs,
+}
+
+impl std::str::FromStr for Sample {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "queries" => Ok(Sample::Queries),
+            "pairs" => Ok(Sample::Pairs),
+            _ => Err(format!("`{s}`: expected queries or pairs")),
+        }
+    }
+}
+
+fn default_dev_depth() -> usize {
+    20
+}
+fn default_sample() -> Sample {
+    Sample::Pairs
+}
+fn default_min_relevance() -> i32 {
+    1
 }
 
 impl TrainConfig {
@@ -87,14 +144,25 @@ pub struct EpochLog {
     pub epoch: usize,
     pub step: usize,
     pub mean_loss: f64,
-    /// nDCG@10 of the dev queries over their candidate pools, when there is a dev split.
-    pub dev_ndcg10: Option<f64>,
+}
+
+/// One dev evaluation: step 0 is the base model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevLog {
+    pub step: usize,
+    pub ndcg10: f64,
+    /// Seconds the evaluation took.
+    pub seconds: f64,
+    /// The best so far (this one included; the base model's at step 0).
+    pub best: f64,
 }
 
 /// What the loop reports as it goes.
 pub trait Progress {
     fn step(&mut self, log: &StepLog, total: usize);
     fn epoch(&mut self, log: &EpochLog);
+    /// A dev evaluation (step 0: the base model, before the first step).
+    fn dev(&mut self, _log: &DevLog) {}
     /// Polled between steps: true stops the run (a checkpoint is written first).
     fn interrupted(&self) -> bool {
         false
@@ -107,6 +175,24 @@ pub enum Outcome {
     Finished,
     EarlyStopped,
     Interrupted,
+}
+
+/// Base and best dev figures of a run with a dev split.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Verdict {
+    /// nDCG@10 of the base model (rerank: of the base retriever's order).
+    pub base: f64,
+    /// The best checkpoint's nDCG@10.
+    pub best: f64,
+    /// Its step (0: no checkpoint beat the base model).
+    pub best_step: usize,
+}
+
+impl Verdict {
+    /// A checkpoint scored above the base model.
+    pub fn improved(&self) -> bool {
+        self.best_step > 0 && self.best > self.base
+    }
 }
 
 enum Model {
@@ -125,11 +211,27 @@ pub struct Trainer<'a> {
     opt: AdamW,
     pub steps: Vec<StepLog>,
     pub epochs: Vec<EpochLog>,
-    best_dev: Option<f64>,
+    /// Dev evaluations, the base model's first (step 0).
+    pub evals: Vec<DevLog>,
+    /// The parameters of the best dev evaluation after step 0.
     best_params: Option<Vec<Tensor>>,
-    stale_epochs: usize,
+    stale_evals: usize,
     /// Seconds spent training before a resume.
     prior_seconds: f64,
+    /// Built at the first dev evaluation.
+    dev: Option<DevPool>,
+    /// Write a checkpoint into this folder every this many steps.
+    pub checkpoint_every: Option<(usize, std::path::PathBuf)>,
+}
+
+/// What the dev evaluation ranks.
+struct DevPool {
+    /// Corpus rows of the pool, and their ids.
+    rows: Vec<usize>,
+    ids: Vec<String>,
+    qrels: crate::eval::Qrels,
+    /// Rerank: the base retriever's ranking of the pool per dev query.
+    base_runs: Option<HashMap<String, Vec<(String, f32)>>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -141,8 +243,25 @@ impl<'a> Trainer<'a> {
         config: TrainConfig,
     ) -> anyhow::Result<Self> {
         let task = config.task()?;
-        if config.batch_size == 0 || config.epochs == 0 {
-            bail!("batch size and epochs must be at least 1");
+        if config.batch_size == 0 {
+            bail!("the batch size must be at least 1");
+        }
+        if config.epochs == 0 && config.max_steps == 0 {
+            bail!("set a number of epochs or of steps");
+        }
+        for (name, v) in [
+            ("near-duplicate", config.near_duplicate),
+            ("margin", config.margin),
+        ] {
+            if v.is_some_and(|x| !(x > 0.0 && x.is_finite())) {
+                bail!(
+                    "--{name} must be a positive number, not {}",
+                    v.unwrap_or_default()
+                );
+            }
+        }
+        if config.dev_queries > 0 && config.dev_depth == 0 {
+            bail!("--dev-depth must be at least 1");
         }
         if data.negatives.is_empty() && (task == Task::Rerank || config.negatives > 0) {
             bail!("hard negatives have not been mined");
@@ -230,10 +349,12 @@ impl<'a> Trainer<'a> {
             opt,
             steps: Vec::new(),
             epochs: Vec::new(),
-            best_dev: None,
+            evals: Vec::new(),
             best_params: None,
-            stale_epochs: 0,
+            stale_evals: 0,
             prior_seconds: 0.0,
+            dev: None,
+            checkpoint_every: None,
         })
     }
 
@@ -244,18 +365,78 @@ impl<'a> Trainer<'a> {
 
     /// Updates per epoch and in all.
     pub fn plan(&self) -> (usize, usize) {
-        let per_epoch = self.data.examples.len().div_ceil(self.config.batch_size);
-        let mut total = per_epoch * self.config.epochs;
-        if self.config.max_steps > 0 {
-            total = total.min(self.config.max_steps);
-        }
+        let units = match self.config.sample {
+            Sample::Queries => self.data.train_queries.len(),
+            Sample::Pairs => self.data.examples.len(),
+        };
+        let per_epoch = units.div_ceil(self.config.batch_size);
+        let total = match (self.config.epochs, self.config.max_steps) {
+            (0, m) => m,
+            (e, 0) => per_epoch * e,
+            (e, m) => (per_epoch * e).min(m),
+        };
         (per_epoch, total)
     }
 
+    /// Steps at which the dev split is evaluated (besides the base model before the first).
+    pub fn eval_steps(&self) -> Vec<usize> {
+        let (_, total) = self.plan();
+        if self.data.dev.is_empty() {
+            return Vec::new();
+        }
+        let every = if self.config.eval_every == 0 {
+            total
+        } else {
+            self.config.eval_every
+        };
+        (1..=total)
+            .filter(|s| s % every == 0 || *s == total)
+            .collect()
+    }
+
+    /// The batch of (query, positive) rows at `step`: a seeded order per epoch.
+    fn batch(&self, step: usize, per_epoch: usize, order: &[usize]) -> Vec<(usize, usize)> {
+        let epoch = step / per_epoch;
+        let pos = step % per_epoch;
+        let slice = &order
+            [pos * self.config.batch_size..((pos + 1) * self.config.batch_size).min(order.len())];
+        match self.config.sample {
+            Sample::Pairs => slice.iter().map(|&i| self.data.examples[i]).collect(),
+            Sample::Queries => slice
+                .iter()
+                .map(|&q| {
+                    let p = &self.data.positives[q];
+                    let mut rng = Rng::new(
+                        self.config.seed ^ ((epoch as u64) << 32 | q as u64).wrapping_mul(0x9E37),
+                    );
+                    (q, p[(rng.next_u64() % p.len() as u64) as usize])
+                })
+                .collect(),
+        }
+    }
+
     /// Trains until the plan is done, early stopping fires, or `progress` interrupts.
+    /// With a dev split the base model is evaluated first, then every `eval_every`
+    /// steps; the parameters of the best evaluation are the ones kept at the end.
     pub fn run(&mut self, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
         let (per_epoch, total) = self.plan();
+        if per_epoch == 0 {
+            bail!("no training query left");
+        }
         let warmup = (self.config.warmup * total as f64).round() as usize;
+        let evals_at: HashSet<usize> = self.eval_steps().into_iter().collect();
+        if !self.data.dev.is_empty() && self.evals.is_empty() {
+            let t = Instant::now();
+            let base = self.base_ndcg()?;
+            let log = DevLog {
+                step: 0,
+                ndcg10: base,
+                seconds: t.elapsed().as_secs_f64(),
+                best: base,
+            };
+            progress.dev(&log);
+            self.evals.push(log);
+        }
         let t0 = Instant::now();
         let mut order: Option<(usize, Vec<usize>)> = None;
         while self.opt.step < total {
@@ -265,20 +446,17 @@ impl<'a> Trainer<'a> {
             let step = self.opt.step;
             let epoch = step / per_epoch;
             if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                let mut o: Vec<usize> = (0..self.data.examples.len()).collect();
+                let mut o: Vec<usize> = match self.config.sample {
+                    Sample::Pairs => (0..self.data.examples.len()).collect(),
+                    Sample::Queries => self.data.train_queries.clone(),
+                };
                 shuffle(
                     &mut o,
                     &mut Rng::new(self.config.seed.wrapping_add(1 + epoch as u64)),
                 );
                 order = Some((epoch, o));
             }
-            let o = &order.as_ref().expect("order").1;
-            let pos = step % per_epoch;
-            let batch: Vec<(usize, usize)> = o
-                [pos * self.config.batch_size..((pos + 1) * self.config.batch_size).min(o.len())]
-                .iter()
-                .map(|&i| self.data.examples[i])
-                .collect();
+            let batch = self.batch(step, per_epoch, &order.as_ref().expect("order").1);
             let lr = lr_at(step, total, warmup, self.config.lr);
             let loss = self.loss(&batch, step)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
@@ -301,12 +479,22 @@ impl<'a> Trainer<'a> {
             self.steps.push(log);
             let done = self.opt.step;
             if done.is_multiple_of(per_epoch) || done == total {
-                let e = self.end_epoch(epoch + 1)?;
+                let e = self.end_epoch(epoch + 1);
                 progress.epoch(&e);
                 self.epochs.push(e);
-                if self.config.patience > 0 && self.stale_epochs >= self.config.patience {
+            }
+            if evals_at.contains(&done) {
+                let e = self.evaluate_now(done)?;
+                progress.dev(&e);
+                self.evals.push(e);
+                if self.config.patience > 0 && self.stale_evals >= self.config.patience {
                     self.restore_best()?;
                     return Ok(Outcome::EarlyStopped);
+                }
+            }
+            if let Some((n, dir)) = &self.checkpoint_every {
+                if done.is_multiple_of(*n) && done < total {
+                    self.checkpoint(dir)?;
                 }
             }
         }
@@ -314,49 +502,94 @@ impl<'a> Trainer<'a> {
         Ok(Outcome::Finished)
     }
 
-    fn end_epoch(&mut self, epoch: usize) -> anyhow::Result<EpochLog> {
+    fn end_epoch(&self, epoch: usize) -> EpochLog {
         let losses: Vec<f64> = self
             .steps
             .iter()
             .filter(|s| s.epoch == epoch)
             .map(|s| s.loss)
             .collect();
-        let mean_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-        let dev_ndcg10 = if self.data.dev.is_empty() {
-            None
-        } else {
-            Some(self.dev_ndcg()?)
-        };
-        if let Some(d) = dev_ndcg10 {
-            if self.best_dev.is_none_or(|b| d > b) {
-                self.best_dev = Some(d);
-                self.stale_epochs = 0;
-                if self.config.patience > 0 {
-                    self.best_params = Some(
-                        self.opt
-                            .slots
-                            .iter()
-                            .map(|s| s.var.as_tensor().copy())
-                            .collect::<candle_core::Result<_>>()?,
-                    );
-                }
-            } else {
-                self.stale_epochs += 1;
-            }
-        }
-        Ok(EpochLog {
+        EpochLog {
             epoch,
             step: self.opt.step,
-            mean_loss,
-            dev_ndcg10,
+            mean_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+        }
+    }
+
+    /// A dev evaluation of the current parameters; the best so far is kept.
+    fn evaluate_now(&mut self, step: usize) -> anyhow::Result<DevLog> {
+        let t = Instant::now();
+        let d = self.dev_ndcg()?;
+        let prev = self
+            .evals
+            .iter()
+            .map(|e| e.ndcg10)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let best_trained = self
+            .evals
+            .iter()
+            .filter(|e| e.step > 0)
+            .map(|e| e.ndcg10)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if d > best_trained {
+            self.best_params = Some(
+                self.opt
+                    .slots
+                    .iter()
+                    .map(|s| s.var.as_tensor().copy())
+                    .collect::<candle_core::Result<_>>()?,
+            );
+        }
+        if d > prev {
+            self.stale_evals = 0;
+        } else {
+            self.stale_evals += 1;
+        }
+        Ok(DevLog {
+            step,
+            ndcg10: d,
+            seconds: t.elapsed().as_secs_f64(),
+            best: d.max(prev),
         })
     }
 
-    /// Early stopping keeps the parameters of the best dev epoch.
+    /// The base and best dev figures (none without a dev split or before the base
+    /// evaluation).
+    pub fn verdict(&self) -> Option<Verdict> {
+        let base = self.evals.iter().find(|e| e.step == 0)?.ndcg10;
+        let best = self
+            .evals
+            .iter()
+            .filter(|e| e.step > 0)
+            .fold(None::<&DevLog>, |b, e| match b {
+                Some(b) if b.ndcg10 >= e.ndcg10 => Some(b),
+                _ => Some(e),
+            });
+        Some(Verdict {
+            base,
+            best: best.map_or(f64::NEG_INFINITY, |e| e.ndcg10),
+            best_step: best.filter(|e| e.ndcg10 > base).map_or(0, |e| e.step),
+        })
+    }
+
+    /// The step whose parameters are kept: the best dev evaluation's (the last step
+    /// without a dev split).
+    pub fn kept_step(&self) -> usize {
+        self.evals
+            .iter()
+            .filter(|e| e.step > 0)
+            .fold(None::<&DevLog>, |b, e| match b {
+                Some(b) if b.ndcg10 >= e.ndcg10 => Some(b),
+                _ => Some(e),
+            })
+            .map_or(self.opt.step, |e| e.step)
+    }
+
+    /// Puts back the parameters of the best dev evaluation.
     fn restore_best(&mut self) -> anyhow::Result<()> {
-        if let Some(best) = self.best_params.take() {
+        if let Some(best) = &self.best_params {
             for (s, t) in self.opt.slots.iter().zip(best) {
-                s.var.set(&t)?;
+                s.var.set(t)?;
             }
         }
         Ok(())
@@ -388,14 +621,22 @@ impl<'a> Trainer<'a> {
         let mut rng =
             Rng::new(self.config.seed ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
         let data = self.data;
-        let mut draw = |q: usize, n: usize| -> Vec<usize> {
-            let pool = &data.negatives[q];
-            let depth = pool.len().min(self.config.negative_depth).max(1);
+        // Up to `n` distinct negatives for the example (q, positive d), uniformly from
+        // the drawable ones (repeats only when there are fewer than `n`).
+        let mut draw = |q: usize, d: usize, n: usize, fallback: bool| -> Vec<usize> {
+            let mut pool = self.drawable(q, d);
+            if pool.is_empty() && fallback {
+                // Rerank needs a group of the same size for every positive: the
+                // lowest-scored of the base model's top documents stand in.
+                let top =
+                    &data.negatives[q][..data.negatives[q].len().min(self.config.negative_depth)];
+                pool = top.iter().rev().take(n).map(|x| x.row).collect();
+            }
             let mut picked: Vec<usize> = Vec::with_capacity(n);
             let mut tries = 0;
             while picked.len() < n.min(pool.len()) && tries < 100 * n {
-                let c = pool[(rng.next_u64() % depth as u64) as usize];
-                if !picked.contains(&c) || depth <= n {
+                let c = pool[(rng.next_u64() % pool.len() as u64) as usize];
+                if !picked.contains(&c) {
                     picked.push(c);
                 }
                 tries += 1;
@@ -415,7 +656,7 @@ impl<'a> Trainer<'a> {
                     starts.push(doc_rows.len());
                     doc_rows.push(d);
                     if self.config.negatives > 0 {
-                        doc_rows.extend(draw(q, self.config.negatives));
+                        doc_rows.extend(draw(q, d, self.config.negatives, false));
                     }
                 }
                 let docs: Vec<Input<'_>> = doc_rows
@@ -428,14 +669,26 @@ impl<'a> Trainer<'a> {
                 let dv = self.embed(&de)?;
                 let scores = (qv.matmul(&dv.t()?)? * self.config.scale)?;
                 // Each query's own positive is the target; other documents judged
-                // relevant to it are masked out rather than treated as negatives.
+                // relevant to it (or, with `mask_same_text`, with the same text as
+                // one) are masked out rather than treated as negatives.
                 let mut targets = Vec::with_capacity(batch.len());
                 let mut mask = vec![0f32; batch.len() * doc_rows.len()];
                 for (i, &(q, _)) in batch.iter().enumerate() {
                     let at = starts[i];
                     targets.push(at as u32);
-                    for (j, r) in doc_rows.iter().enumerate() {
-                        if j != at && data.positives[q].contains(r) {
+                    let classes: HashSet<u32> = if self.config.mask_same_text {
+                        data.relevant[q]
+                            .iter()
+                            .map(|&r| data.text_class[r])
+                            .collect()
+                    } else {
+                        HashSet::new()
+                    };
+                    for (j, &r) in doc_rows.iter().enumerate() {
+                        if j != at
+                            && (data.relevant[q].contains(&r)
+                                || classes.contains(&data.text_class[r]))
+                        {
                             mask[i * doc_rows.len() + j] = -1e4;
                         }
                     }
@@ -452,7 +705,13 @@ impl<'a> Trainer<'a> {
                 let mut pairs = Vec::new();
                 let mut group = 0;
                 for &(q, d) in batch {
-                    let negs = draw(q, self.config.negatives);
+                    let negs = draw(q, d, self.config.negatives, true);
+                    if negs.is_empty() {
+                        bail!(
+                            "query {} has no mined negative to re-rank against",
+                            data.queries[q].0
+                        );
+                    }
                     let negs: Vec<usize> = (0..self.config.negatives)
                         .map(|i| negs[i % negs.len()])
                         .collect();
@@ -516,9 +775,125 @@ impl<'a> Trainer<'a> {
         Ok(all.index_select(&idx, 0)?)
     }
 
-    /// nDCG@10 of the dev queries, each ranking its own pool (the base model's top
-    /// documents plus its positives) with the current parameters.
-    pub fn dev_ndcg(&self) -> anyhow::Result<f64> {
+    /// The negatives drawable for the example (query `q`, positive `d`): the base
+    /// model's top `negative_depth`, less near-duplicates of a positive and those
+    /// above the positive-aware margin.
+    pub fn drawable(&self, q: usize, d: usize) -> Vec<usize> {
+        let data = self.data;
+        let c = &self.config;
+        let top = &data.negatives[q][..data.negatives[q].len().min(c.negative_depth)];
+        let pos = data.positive_scores.get(q).and_then(|m| m.get(&d)).copied();
+        top.iter()
+            .filter(|n| {
+                c.near_duplicate
+                    .is_none_or(|t| !n.same_text && n.likeness < t)
+            })
+            .filter(|n| match (c.margin, pos) {
+                (Some(m), Some(p)) => n.score < m * p,
+                _ => true,
+            })
+            .map(|n| n.row)
+            .collect()
+    }
+
+    fn dev_pool(&mut self) -> anyhow::Result<&DevPool> {
+        if self.dev.is_none() {
+            let rows = self.data.dev_pool(self.config.dev_depth);
+            let ids = rows
+                .iter()
+                .map(|&r| self.data.corpus[r].0.clone())
+                .collect();
+            let mut pool = DevPool {
+                rows,
+                ids,
+                qrels: self.data.dev_qrels(),
+                base_runs: None,
+            };
+            if self.task == Task::Rerank {
+                pool.base_runs = Some(self.retrieval_runs(&pool, self.backbone, None)?);
+            }
+            self.dev = Some(pool);
+        }
+        Ok(self.dev.as_ref().expect("dev pool"))
+    }
+
+    fn dev_opts(&self) -> EncodeOptions {
+        EncodeOptions {
+            max_length: self.config.doc_max_length,
+            batch_size: aside_backbone::DEFAULT_BATCH_SIZE,
+        }
+    }
+
+    /// Each dev query's ranking of the pool by a retriever (`aside eval`'s exact search:
+    /// queries and documents cut at the document length).
+    fn retrieval_runs(
+        &self,
+        pool: &DevPool,
+        b: &Backbone,
+        hooks: Option<&dyn Hooks>,
+    ) -> anyhow::Result<HashMap<String, Vec<(String, f32)>>> {
+        let data = self.data;
+        let cfg = match hooks {
+            Some(_) => self.pooling(),
+            None => b.pooling(),
+        };
+        let opts = self.dev_opts();
+        let encode = |texts: Vec<&str>| -> anyhow::Result<Vec<Vec<f32>>> {
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in texts.chunks(512) {
+                let items: Vec<Item<'_>> = chunk
+                    .iter()
+                    .map(|t| Item {
+                        input: Input::Single(t),
+                        hooks,
+                        pooling: cfg.pooling,
+                        normalize: cfg.normalize,
+                    })
+                    .collect();
+                out.extend(b.encode(&items, &opts)?);
+            }
+            Ok(out)
+        };
+        let docs = encode(
+            pool.rows
+                .iter()
+                .map(|&r| data.corpus[r].1.as_str())
+                .collect(),
+        )?;
+        let queries = encode(
+            data.dev
+                .iter()
+                .map(|&q| data.queries[q].1.as_str())
+                .collect(),
+        )?;
+        let k = 1000.min(docs.len());
+        Ok(data
+            .dev
+            .iter()
+            .zip(&queries)
+            .map(|(&q, v)| (data.queries[q].0.clone(), exact_top(&docs, &pool.ids, v, k)))
+            .collect())
+    }
+
+    /// nDCG@10 of the base model on the dev split: the bare backbone's retrieval
+    /// (rerank: the base retriever's order, which re-ranking has to beat).
+    pub fn base_ndcg(&mut self) -> anyhow::Result<f64> {
+        self.dev_pool()?;
+        let pool = self.dev.as_ref().expect("dev pool");
+        let runs = match &pool.base_runs {
+            Some(r) => r.clone(),
+            None => self.retrieval_runs(pool, self.backbone, None)?,
+        };
+        Ok(evaluate(&runs, &pool.qrels).ndcg10)
+    }
+
+    /// nDCG@10 of the dev queries over the dev pool with the current parameters: what
+    /// `aside eval --data DEV --split dev --max-length DOC_MAX_LENGTH` (rerank: with
+    /// `--rerank ADAPTER --candidates DEV_DEPTH`) reports on the folder
+    /// [`TrainSet::write_dev_beir`] writes.
+    pub fn dev_ndcg(&mut self) -> anyhow::Result<f64> {
+        self.dev_pool()?;
+        let pool = self.dev.as_ref().expect("dev pool");
         let data = self.data;
         let full;
         let b: &Backbone = match &self.model {
@@ -528,71 +903,52 @@ impl<'a> Trainer<'a> {
             }
             Model::Adapter { .. } => self.backbone,
         };
-        let pool_cfg = self.pooling();
-        let opts = EncodeOptions {
-            max_length: self.config.doc_max_length,
-            batch_size: 32,
-        };
-        let mut total = 0.0;
-        for &q in &data.dev {
-            let mut pool: Vec<usize> = data.negatives[q]
-                .iter()
-                .take(self.config.negative_depth)
-                .copied()
-                .collect();
-            pool.extend(&data.positives[q]);
-            let qtext = data.queries[q].1.as_str();
-            let scores: Vec<f32> = match self.task {
-                Task::Retrieval => {
-                    let mk = |t: &'a str, hooks| Item {
-                        input: Input::Single(t),
-                        hooks,
-                        pooling: pool_cfg.pooling,
-                        normalize: pool_cfg.normalize,
-                    };
-                    let mut items = vec![mk(qtext, self.hooks())];
-                    items.extend(
-                        pool.iter()
-                            .map(|&r| mk(data.corpus[r].1.as_str(), self.hooks())),
-                    );
-                    let v = b.encode(&items, &opts)?;
-                    v[1..]
+        let runs = match (&self.task, &pool.base_runs) {
+            (Task::Rerank, Some(base)) => {
+                let Model::Adapter { adapter, .. } = &self.model else {
+                    bail!("rerank needs an adapter");
+                };
+                let texts: HashMap<&str, &str> = pool
+                    .rows
+                    .iter()
+                    .map(|&r| (data.corpus[r].0.as_str(), data.corpus[r].1.as_str()))
+                    .collect();
+                let opts = self.dev_opts();
+                let mut runs = HashMap::new();
+                for &q in &data.dev {
+                    let (qid, qtext) = &data.queries[q];
+                    let ranked = &base[qid];
+                    let c = self.config.dev_depth.min(ranked.len());
+                    let items: Vec<Item<'_>> = ranked[..c]
                         .iter()
-                        .map(|d| d.iter().zip(&v[0]).map(|(a, c)| a * c).sum())
-                        .collect()
-                }
-                Task::Rerank => {
-                    let Model::Adapter { adapter, .. } = &self.model else {
-                        bail!("rerank needs an adapter");
-                    };
-                    let items: Vec<Item<'_>> = pool
-                        .iter()
-                        .map(|&r| Item {
-                            input: Input::Pair(qtext, &data.corpus[r].1),
+                        .map(|(d, _)| Item {
+                            input: Input::Pair(qtext, texts[d.as_str()]),
                             hooks: self.hooks(),
                             pooling: Pooling::Cls,
                             normalize: false,
                         })
                         .collect();
-                    let v = b.encode(&items, &opts)?;
-                    v.iter()
-                        .map(|x| Ok(adapter.head_score(x)?.unwrap_or(0.0)))
-                        .collect::<anyhow::Result<_>>()?
+                    let pooled = b.encode(&items, &opts)?;
+                    let mut head = Vec::with_capacity(ranked.len());
+                    for ((d, _), v) in ranked[..c].iter().zip(&pooled) {
+                        head.push((d.clone(), adapter.head_score(v)?.context("rerank head")?));
+                    }
+                    let mut head = rank(head);
+                    // Re-ranked candidates first, the rest in retrieval order (as `aside eval`).
+                    let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
+                    head.extend(
+                        ranked[c..]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32)),
+                    );
+                    runs.insert(qid.clone(), head);
                 }
-            };
-            let run = rank(
-                pool.iter()
-                    .zip(scores)
-                    .map(|(&r, s)| (data.corpus[r].0.clone(), s))
-                    .collect(),
-            );
-            let rels: HashMap<String, i32> = data.positives[q]
-                .iter()
-                .map(|&r| (data.corpus[r].0.clone(), 1))
-                .collect();
-            total += ndcg_at(&run, &rels, 10);
-        }
-        Ok(total / data.dev.len() as f64)
+                runs
+            }
+            _ => self.retrieval_runs(pool, b, self.hooks())?,
+        };
+        Ok(evaluate(&runs, &pool.qrels).ndcg10)
     }
 
     /// Writes the result: a native adapter file, or (full) a model folder.
@@ -648,6 +1004,11 @@ impl<'a> Trainer<'a> {
             tensors.insert(format!("m/{}", s.name), s.m.clone());
             tensors.insert(format!("v/{}", s.name), s.v.clone());
         }
+        if let Some(best) = &self.best_params {
+            for (s, t) in self.opt.slots.iter().zip(best) {
+                tensors.insert(format!("best/{}", s.name), t.clone());
+            }
+        }
         let bytes = format::write_tensors(&BTreeMap::new(), &tensors)?;
         write_atomic(&dir.join("state.safetensors"), &bytes)?;
         let state = CheckpointState {
@@ -664,8 +1025,8 @@ impl<'a> Trainer<'a> {
             step: self.opt.step,
             steps: self.steps.clone(),
             epochs: self.epochs.clone(),
-            best_dev: self.best_dev,
-            stale_epochs: self.stale_epochs,
+            evals: self.evals.clone(),
+            stale_evals: self.stale_evals,
         };
         write_atomic(&dir.join("state.json"), &serde_json::to_vec_pretty(&state)?)
     }
@@ -713,12 +1074,28 @@ impl<'a> Trainer<'a> {
             s.m = get("m")?;
             s.v = get("v")?;
         }
+        self.best_params = if state.evals.iter().any(|e| e.step > 0) {
+            Some(
+                self.opt
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        tensors
+                            .get(&format!("best/{}", s.name))
+                            .cloned()
+                            .with_context(|| format!("checkpoint lacks best/{}", s.name))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            )
+        } else {
+            None
+        };
         self.opt.step = state.step;
         self.prior_seconds = state.steps.last().map_or(0.0, |s| s.seconds);
         self.steps = state.steps;
         self.epochs = state.epochs;
-        self.best_dev = state.best_dev;
-        self.stale_epochs = state.stale_epochs;
+        self.evals = state.evals;
+        self.stale_evals = state.stale_evals;
         Ok(())
     }
 }
@@ -732,8 +1109,10 @@ struct CheckpointState {
     step: usize,
     steps: Vec<StepLog>,
     epochs: Vec<EpochLog>,
-    best_dev: Option<f64>,
-    stale_epochs: usize,
+    #[serde(default)]
+    evals: Vec<DevLog>,
+    #[serde(default)]
+    stale_evals: usize,
 }
 
 /// Writes through the registry's atomic write (temp file, fsync, rename, directory

@@ -10,7 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use aside_adapters::{Kind, Task};
 use aside_backbone::LoadOptions;
-use aside_trainer::{EpochLog, Outcome, Progress, StepLog, Target, TrainConfig, TrainSet, Trainer};
+use aside_trainer::{
+    DevLog, EpochLog, Outcome, Progress, StepLog, Target, TrainConfig, TrainSet, Trainer,
+};
 use clap::Args;
 
 use super::adapter::{meta_from, ShapeArgs};
@@ -36,11 +38,13 @@ pub struct TrainArgs {
     /// Output: the adapter file (or, for `full`, the model folder).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
-    /// Stop after this many updates (0: the epochs decide).
-    #[arg(long, default_value_t = 0)]
-    pub max_steps: usize,
+    /// Passes over the training queries (default: as many as --max-steps allows).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many updates (default: 150 when --epochs is not given; with
+    /// --epochs, the epochs decide).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
     /// Queries per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -74,12 +78,43 @@ pub struct TrainArgs {
     pub doc_max_length: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Hold out this many training queries as a dev split (nDCG@10 per epoch).
-    #[arg(long, default_value_t = 0)]
-    pub dev_queries: usize,
-    /// Stop after this many epochs without a better dev nDCG@10, keeping the best.
+    /// Training queries held out as the dev split (seeded; default: a tenth, at most
+    /// 100, none below 20 queries; 0: no dev split, nothing checks the result).
+    #[arg(long)]
+    pub dev_queries: Option<usize>,
+    /// Evaluate on the dev split every N steps (default: five times in the run).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// The dev pool: each dev query's base-model top N plus its judged documents
+    /// (rerank: the base retriever's top N are re-ranked).
+    #[arg(long, default_value_t = 20)]
+    pub dev_depth: usize,
+    /// Write the adapter even when no checkpoint beat the base model on the dev split.
+    #[arg(long)]
+    pub keep_worse: bool,
+    /// Stop after this many dev evaluations without a better nDCG@10, keeping the best.
     #[arg(long, default_value_t = 0)]
     pub patience: usize,
+    /// An epoch visits each training query once with one of its positives (queries),
+    /// or every judged pair once (pairs: queries with many positives dominate).
+    #[arg(long, default_value = "queries")]
+    pub sample: aside_trainer::Sample,
+    /// Mined negatives this like a positive (base-model cosine of the documents), or
+    /// with its text, are not drawn: likely copies of it (`off` to keep them).
+    #[arg(long, default_value = "0.95", value_parser = off_or_positive)]
+    pub near_duplicate: OffOr,
+    /// Positive-aware margin: negatives the base model scores above this times the
+    /// positive's score are not drawn, as likely unjudged relevant ones (`off`).
+    #[arg(long, default_value = "0.95", value_parser = off_or_positive)]
+    pub margin: OffOr,
+    /// In-batch documents with the text of one judged relevant to the query are
+    /// masked out, not counted as its negatives.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub mask_same_text: bool,
+    /// The lowest judgement grade that trains as a positive (lower grades are
+    /// still never drawn as negatives).
+    #[arg(long, default_value_t = 1)]
+    pub min_relevance: i32,
     /// Documents are cut at this many tokens (at most the model's positions) when
     /// the base model mines negatives (the cache is shared by runs that agree on it).
     #[arg(long, default_value_t = 128)]
@@ -105,19 +140,68 @@ pub struct TrainArgs {
     pub title: Option<String>,
 }
 
+/// The default step budget: minutes, not hours, on a small machine.
+pub const DEFAULT_MAX_STEPS: usize = 150;
+
+/// A threshold that can be turned off.
+#[derive(Debug, Clone, Copy)]
+pub struct OffOr(pub Option<f32>);
+
+/// `off`, or a positive number.
+fn off_or_positive(s: &str) -> Result<OffOr, String> {
+    if s == "off" {
+        return Ok(OffOr(None));
+    }
+    match s.parse::<f32>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(OffOr(Some(x))),
+        _ => Err(format!("`{s}`: expected a positive number or `off`")),
+    }
+}
+
 struct Bar {
     tty: bool,
     t0: Instant,
     first: Option<usize>,
     stop: Arc<AtomicBool>,
+    /// Dev evaluations still to come after the base model's, and the base's seconds.
+    evals_left: usize,
+    eval_seconds: f64,
+    /// Seconds the steps before a resume took.
+    prior_seconds: f64,
 }
 
 impl Progress for Bar {
     fn step(&mut self, log: &StepLog, total: usize) {
-        let first = *self.first.get_or_insert(log.step - 1);
+        let first = *self.first.get_or_insert_with(|| {
+            // The loop's clock, less what earlier runs (before a resume) spent.
+            let spent = (log.seconds - self.prior_seconds).max(0.0);
+            self.t0 = Instant::now() - std::time::Duration::from_secs_f64(spent);
+            log.step - 1
+        });
         let done = log.step - first;
         let rate = done as f64 / self.t0.elapsed().as_secs_f64().max(1e-9);
-        let eta = (total - log.step) as f64 / rate.max(1e-9);
+        let eta =
+            (total - log.step) as f64 / rate.max(1e-9) + self.evals_left as f64 * self.eval_seconds;
+        if done == 1 {
+            // The first step measured: the plan's time, before the run goes on.
+            let step_s = self.t0.elapsed().as_secs_f64();
+            let dev = if self.evals_left > 0 {
+                format!(
+                    " + {} dev evaluations × {:.0} s",
+                    self.evals_left, self.eval_seconds
+                )
+            } else {
+                String::new()
+            };
+            if self.tty {
+                eprintln!();
+            }
+            eprintln!(
+                "plan: {} more steps × {step_s:.1} s (the first step){dev} ≈ {} in all",
+                total - log.step,
+                clock(eta)
+            );
+        }
         let msg = format!(
             "step {}/{total}  epoch {}  loss {:.4}  lr {:.2e}  |g| {:.3}  {rate:.2} steps/s  eta {}",
             log.step,
@@ -139,12 +223,28 @@ impl Progress for Bar {
         if self.tty {
             eprintln!();
         }
-        match log.dev_ndcg10 {
-            Some(d) => eprintln!(
-                "epoch {} done: mean loss {:.4}, dev nDCG@10 {d:.4}",
-                log.epoch, log.mean_loss
-            ),
-            None => eprintln!("epoch {} done: mean loss {:.4}", log.epoch, log.mean_loss),
+        eprintln!("epoch {} done: mean loss {:.4}", log.epoch, log.mean_loss);
+    }
+
+    fn dev(&mut self, log: &DevLog) {
+        if self.tty {
+            eprintln!();
+        }
+        if log.step == 0 {
+            self.eval_seconds = log.seconds;
+            eprintln!(
+                "dev nDCG@10 of the base model: {:.4} ({:.0} s)",
+                log.ndcg10, log.seconds
+            );
+        } else {
+            self.evals_left = self.evals_left.saturating_sub(1);
+            eprintln!(
+                "step {}: dev nDCG@10 {:.4} (best {:.4}{})",
+                log.step,
+                log.ndcg10,
+                log.best,
+                if log.ndcg10 >= log.best { ", kept" } else { "" }
+            );
         }
     }
 
@@ -172,10 +272,56 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let negatives = a
         .negatives
         .unwrap_or(if a.task == Task::Rerank { 7 } else { 1 });
+    let (epochs, max_steps) = match (a.epochs, a.max_steps) {
+        (None, None) => (0, DEFAULT_MAX_STEPS),
+        (e, m) => (e.unwrap_or(0), m.unwrap_or(0)),
+    };
+    if epochs == 0 && max_steps == 0 {
+        bail!("--epochs 0 needs --max-steps (or give a number of epochs)");
+    }
+    if a.dev_depth == 0 {
+        bail!("--dev-depth must be at least 1");
+    }
+    if a.eval_every == Some(0) {
+        bail!("--eval-every must be at least 1");
+    }
+    let log_dir = a.log_dir.clone().unwrap_or_else(|| {
+        let mut p = a.output.clone().into_os_string();
+        p.push(".train");
+        PathBuf::from(p)
+    });
+    let ckpt = log_dir.join("checkpoint");
+    if !a.resume && ckpt.join("state.json").is_file() {
+        bail!(
+            "{} holds a checkpoint of an unfinished run: pass --resume to continue it, or remove it",
+            ckpt.display()
+        );
+    }
+    let mut data = TrainSet::load(
+        &a.data,
+        &a.split,
+        &aside_trainer::data::SplitOptions {
+            dev_queries: a.dev_queries,
+            min_relevance: a.min_relevance,
+            seed: a.seed,
+        },
+    )?;
+    if a.patience > 0 && data.dev.is_empty() {
+        bail!("--patience needs a dev split: set --dev-queries");
+    }
+    let mine_len = a
+        .mine_max_length
+        .min(backbone.config().max_position_embeddings);
+    data.mine_negatives(
+        &backbone,
+        a.negative_depth.max(a.dev_depth),
+        mine_len,
+        &a.cache_dir,
+    )?;
     let config = TrainConfig {
         task: a.task.name().into(),
-        epochs: a.epochs,
-        max_steps: a.max_steps,
+        epochs,
+        max_steps,
         batch_size: a.batch_size,
         negatives,
         negative_depth: a.negative_depth,
@@ -190,49 +336,68 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         query_max_length: a.query_max_length,
         doc_max_length: a.doc_max_length,
         seed: a.seed,
-        dev_queries: a.dev_queries,
+        dev_queries: data.dev.len(),
         patience: a.patience,
+        eval_every: 0,
+        dev_depth: a.dev_depth,
+        sample: a.sample,
+        near_duplicate: a.near_duplicate.0,
+        margin: a.margin.0,
+        mask_same_text: a.mask_same_text,
+        min_relevance: a.min_relevance,
     };
-    if a.patience > 0 && a.dev_queries == 0 {
-        bail!("--patience needs a dev split: set --dev-queries");
-    }
-    let log_dir = a.log_dir.clone().unwrap_or_else(|| {
-        let mut p = a.output.clone().into_os_string();
-        p.push(".train");
-        PathBuf::from(p)
-    });
-    let ckpt = log_dir.join("checkpoint");
-    if !a.resume && ckpt.join("state.json").is_file() {
-        bail!(
-            "{} holds a checkpoint of an unfinished run: pass --resume to continue it, or remove it",
-            ckpt.display()
-        );
-    }
-    let mut data = TrainSet::load(&a.data, &a.split, a.dev_queries, a.seed)?;
-    if negatives > 0 || a.dev_queries > 0 {
-        let mine_len = a
-            .mine_max_length
-            .min(backbone.config().max_position_embeddings);
-        data.mine_negatives(&backbone, a.negative_depth, mine_len, &a.cache_dir)?;
-    }
     let mut trainer = Trainer::new(&backbone, &data, target.clone(), config)?;
+    let (per_epoch, total) = trainer.plan();
+    trainer.config.eval_every = a.eval_every.unwrap_or(total.div_ceil(5).max(1));
     if a.resume {
         trainer
             .resume(&ckpt)
             .with_context(|| format!("resuming from {}", ckpt.display()))?;
         eprintln!("resumed at step {}", trainer.steps.len());
     }
-    let (per_epoch, total) = trainer.plan();
+    if a.checkpoint_every > 0 {
+        trainer.checkpoint_every = Some((a.checkpoint_every, ckpt.clone()));
+    }
     let params = trainer.param_count();
     let base = backbone.bert().parameter_count();
+    let pool = data.dev_pool(a.dev_depth).len();
+    let evals = trainer.eval_steps();
     eprintln!(
-        "training {} ({}): {params} trainable parameters ({:.3}% of the backbone), {} examples, {} dev queries, {per_epoch} steps per epoch, {total} steps",
+        "training {} ({}): {params} trainable parameters ({:.3}% of the backbone); {} training queries ({} judged pairs), {per_epoch} steps per epoch, {total} steps ({:.1} epochs){}",
         a.kind,
         a.task,
         100.0 * params as f64 / base as f64,
+        data.train_queries.len(),
         data.examples.len(),
-        data.dev.len()
+        total as f64 / per_epoch as f64,
+        if a.epochs.is_none() && a.max_steps.is_none() {
+            " — the default budget; --max-steps or --epochs for another".to_owned()
+        } else {
+            String::new()
+        }
     );
+    if data.dev.is_empty() {
+        eprintln!(
+            "warning: no dev split ({}): nothing checks that the result beats the base model",
+            if a.dev_queries == Some(0) {
+                "--dev-queries 0".to_owned()
+            } else {
+                format!(
+                    "{} training queries, fewer than {}",
+                    data.train_queries.len(),
+                    aside_trainer::data::DEV_MIN_QUERIES
+                )
+            }
+        );
+    } else {
+        eprintln!(
+            "dev split: {} queries held out, ranking {pool} documents (each one's base top {} and judged ones), evaluated at steps {}",
+            data.dev.len(),
+            a.dev_depth,
+            short_list(&evals)
+        );
+        data.write_dev_beir(&log_dir.join("dev"), a.dev_depth)?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -248,36 +413,24 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
+    let done_before = trainer.steps.len();
     let mut bar = Bar {
         tty: std::io::stderr().is_terminal(),
         t0: Instant::now(),
         first: None,
         stop,
+        evals_left: evals.iter().filter(|&&s| s > done_before).count(),
+        eval_seconds: trainer.evals.first().map_or(0.0, |e| e.seconds),
+        prior_seconds: trainer.steps.last().map_or(0.0, |s| s.seconds),
     };
-    let outcome = if a.checkpoint_every > 0 {
-        // Periodic checkpoints need the trainer, which the loop borrows: run in
-        // slices of `checkpoint_every` steps instead.
-        loop {
-            let done = trainer.steps.len();
-            let slice_end = (done + a.checkpoint_every).min(total);
-            let mut cfg = trainer.config.clone();
-            cfg.max_steps = slice_end;
-            let saved = std::mem::replace(&mut trainer.config, cfg);
-            let r = trainer.run(&mut bar);
-            trainer.config = saved;
-            let outcome = r?;
-            if outcome != Outcome::Finished || slice_end >= total {
-                break outcome;
-            }
-            trainer.checkpoint(&ckpt)?;
-        }
-    } else {
-        trainer.run(&mut bar)?
-    };
+    let outcome = trainer.run(&mut bar)?;
     if bar.tty {
         eprintln!();
     }
-    write_logs(&trainer, &log_dir, &a, &target, base)?;
+    let verdict = trainer.verdict();
+    let refused = verdict.is_some_and(|v| !v.improved()) && !a.keep_worse;
+    let written = outcome != Outcome::Interrupted && !refused;
+    write_logs(&trainer, &log_dir, &a, &target, base, written)?;
     if outcome == Outcome::Interrupted {
         trainer.checkpoint(&ckpt)?;
         eprintln!(
@@ -287,27 +440,79 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         );
         std::process::exit(130);
     }
-    trainer.save(&a.output)?;
     if ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).ok();
     }
     let secs = trainer.steps.last().map_or(0.0, |s| s.seconds);
+    let dev_line = verdict.map_or(String::new(), |v| {
+        if v.improved() {
+            format!(
+                "; dev nDCG@10 {:.4} → {:.4} (+{:.4}, step {})",
+                v.base,
+                v.best,
+                v.best - v.base,
+                v.best_step
+            )
+        } else {
+            format!(
+                "; dev nDCG@10 base {:.4}, best checkpoint {:.4} (step {})",
+                v.base,
+                v.best,
+                trainer.kept_step()
+            )
+        }
+    });
+    if refused {
+        let v = verdict.expect("verdict");
+        eprintln!(
+            "no checkpoint beat the base model on the dev split (base {:.4}, best {:.4} at step {}): no adapter written{}. \
+             Training made this task worse: try a lower --lr, fewer steps, or check the judgements; --keep-worse writes it anyway",
+            v.base,
+            v.best,
+            trainer.kept_step(),
+            if a.output.exists() {
+                format!(" ({} is left as it was)", a.output.display())
+            } else {
+                String::new()
+            }
+        );
+        std::process::exit(EXIT_NOT_BETTER);
+    }
+    trainer.save(&a.output)?;
     eprintln!(
-        "{}: wrote {} after {} steps in {} ({}); logs in {}",
+        "{}: wrote {} ({}) after {} steps in {}{dev_line}; logs in {}",
         match outcome {
             Outcome::EarlyStopped => "stopped early",
             _ => "done",
         },
         a.output.display(),
-        trainer.steps.len(),
-        clock(secs),
         match &target {
             Target::Full => "a model folder: pass it as --model".to_owned(),
             Target::Adapter(_) => "a native adapter".to_owned(),
         },
+        trainer.steps.len(),
+        clock(secs),
         log_dir.display()
     );
+    if verdict.is_some_and(|v| !v.improved()) {
+        eprintln!("warning: --keep-worse: the adapter written scores below the base model on the dev split");
+    }
     Ok(())
+}
+
+/// The exit status of a run whose checkpoints all scored below the base model.
+pub const EXIT_NOT_BETTER: i32 = 3;
+
+/// `1, 2, 3` or `30, 60, …, 150`.
+fn short_list(xs: &[usize]) -> String {
+    if xs.len() <= 6 {
+        return xs
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    format!("{}, {}, …, {}", xs[0], xs[1], xs[xs.len() - 1])
 }
 
 /// First step whose trailing 10-step mean loss is at or below `target`.
@@ -326,6 +531,7 @@ fn write_logs(
     a: &TrainArgs,
     target: &Target,
     base: usize,
+    written: bool,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut csv = String::from("step,epoch,loss,lr,grad_norm,seconds\n");
@@ -336,17 +542,18 @@ fn write_logs(
         ));
     }
     std::fs::write(dir.join("loss.csv"), csv)?;
-    let mut csv = String::from("epoch,step,mean_loss,dev_ndcg10\n");
+    let mut csv = String::from("epoch,step,mean_loss\n");
     for e in &t.epochs {
-        csv.push_str(&format!(
-            "{},{},{:.6},{}\n",
-            e.epoch,
-            e.step,
-            e.mean_loss,
-            e.dev_ndcg10.map_or(String::new(), |d| format!("{d:.6}"))
-        ));
+        csv.push_str(&format!("{},{},{:.6}\n", e.epoch, e.step, e.mean_loss));
     }
     std::fs::write(dir.join("epochs.csv"), csv)?;
+    if !t.evals.is_empty() {
+        let mut csv = String::from("step,dev_ndcg10,seconds\n");
+        for e in &t.evals {
+            csv.push_str(&format!("{},{:.6},{:.1}\n", e.step, e.ndcg10, e.seconds));
+        }
+        std::fs::write(dir.join("dev.csv"), csv)?;
+    }
     let title = a
         .title
         .clone()
@@ -377,6 +584,16 @@ fn write_logs(
         "target_loss": a.target_loss,
         "steps_to_target_loss": a.target_loss.and_then(|x| steps_to_loss(&t.steps, x)),
         "epochs": t.epochs,
+        "dev": t.verdict().map(|v| serde_json::json!({
+            "queries": t.config.dev_queries,
+            "base_ndcg10": v.base,
+            "best_ndcg10": v.best,
+            "best_step": v.best_step,
+            "improved": v.improved(),
+            "evaluations": t.evals,
+        })),
+        "kept_step": t.kept_step(),
+        "written": written,
         "config": t.config,
     });
     std::fs::write(
