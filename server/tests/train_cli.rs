@@ -601,3 +601,55 @@ fn training_that_only_makes_the_task_worse_writes_nothing_and_fails() {
     assert!(err.contains("scores below the base model"), "{err}");
     assert!(fx.dir.path().join("w.safetensors").is_file());
 }
+
+#[test]
+fn lr_auto_scores_three_rates_on_the_dev_split_and_trains_at_the_best() {
+    let fx = Fx::new();
+    let err = ok(&run(&fx.train_args(
+        "l.safetensors",
+        &[
+            "--kind",
+            "iaa-l",
+            "--r",
+            "4",
+            "--ar",
+            "8",
+            "--max-steps",
+            "50",
+            "--lr",
+            "auto",
+            "--dev-queries",
+            "6",
+            "--keep-worse",
+        ],
+    )));
+    assert!(err.contains("--lr auto: training at"), "{err}");
+    let s = summary(&fx, "l.safetensors");
+    let search = s["lr_search"].as_array().unwrap();
+    let rates: Vec<f64> = search.iter().map(|x| x["lr"].as_f64().unwrap()).collect();
+    assert_eq!(rates, vec![1e-3, 3e-3, 1e-2]);
+    let best = search
+        .iter()
+        .max_by(|a, b| {
+            a["dev_ndcg10"]
+                .as_f64()
+                .partial_cmp(&b["dev_ndcg10"].as_f64())
+                .unwrap()
+        })
+        .unwrap();
+    assert_eq!(s["config"]["lr"], best["lr"]);
+    // The base model was scored once, before the probes, and heads the run's evaluations.
+    assert_eq!(
+        err.matches("dev nDCG@10 of the base model").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(s["dev"]["evaluations"][0]["step"], 0);
+    // Without a dev split there is nothing to choose by.
+    let out = run(&fx.train_args(
+        "n.safetensors",
+        &["--kind", "bitfit", "--lr", "auto", "--dev-queries", "0"],
+    ));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs one"));
+}

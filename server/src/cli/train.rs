@@ -54,9 +54,11 @@ pub struct TrainArgs {
     /// Negatives are drawn from the base model's top N (judged positives excluded).
     #[arg(long, default_value_t = 30)]
     pub negative_depth: usize,
-    /// Peak learning rate (default: 2e-5 for full, 1e-3 for adapters).
-    #[arg(long)]
-    pub lr: Option<f64>,
+    /// Peak learning rate (default: 2e-5 for full, 1e-3 for adapters), or `auto`:
+    /// short runs at three rates (adapters 1e-3, 3e-3, 1e-2; full 1e-5, 2e-5, 5e-5),
+    /// each scored on the dev split, and the best one trains.
+    #[arg(long, value_parser = parse_lr)]
+    pub lr: Option<Lr>,
     /// Rerank: peak learning rate of the head (default: the same as --lr).
     #[arg(long)]
     pub head_lr: Option<f64>,
@@ -142,6 +144,37 @@ pub struct TrainArgs {
 
 /// The default step budget: minutes, not hours, on a small machine.
 pub const DEFAULT_MAX_STEPS: usize = 150;
+
+/// `--lr`: a number or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lr {
+    Auto,
+    Value(f64),
+}
+
+fn parse_lr(s: &str) -> Result<Lr, String> {
+    if s == "auto" {
+        return Ok(Lr::Auto);
+    }
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(Lr::Value(x)),
+        _ => Err(format!("`{s}`: expected a positive number or `auto`")),
+    }
+}
+
+/// The rates `--lr auto` tries: adapters, then full fine-tuning.
+pub const LR_CANDIDATES: [[f64; 3]; 2] = [[1e-3, 3e-3, 1e-2], [1e-5, 2e-5, 5e-5]];
+
+/// A probe's progress: nothing per step, Ctrl-C still honoured.
+struct Probe(Arc<AtomicBool>);
+
+impl Progress for Probe {
+    fn step(&mut self, _log: &StepLog, _total: usize) {}
+    fn epoch(&mut self, _log: &EpochLog) {}
+    fn interrupted(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// A threshold that can be turned off.
 #[derive(Debug, Clone, Copy)]
@@ -318,16 +351,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         mine_len,
         &a.cache_dir,
     )?;
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         task: a.task.name().into(),
         epochs,
         max_steps,
         batch_size: a.batch_size,
         negatives,
         negative_depth: a.negative_depth,
-        lr: a
-            .lr
-            .unwrap_or(if target == Target::Full { 2e-5 } else { 1e-3 }),
+        lr: match a.lr {
+            Some(Lr::Value(x)) => x,
+            _ if target == Target::Full => 2e-5,
+            _ => 1e-3,
+        },
         head_lr: a.head_lr,
         weight_decay: a.weight_decay,
         warmup: a.warmup,
@@ -346,6 +381,85 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         mask_same_text: a.mask_same_text,
         min_relevance: a.min_relevance,
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A first Ctrl-C finishes the step and writes a checkpoint; a second quits.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit now)"
+            );
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let mut lr_search: Vec<(f64, f64)> = Vec::new();
+    let mut base_eval: Option<DevLog> = None;
+    if a.lr == Some(Lr::Auto) {
+        if data.dev.is_empty() {
+            bail!("--lr auto scores each rate on the dev split: it needs one (--dev-queries)");
+        }
+        let saved = ckpt.join("state.json");
+        if a.resume && saved.is_file() {
+            // The rate was chosen before the interruption: the checkpoint knows it.
+            let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved)?)?;
+            config.lr = state["config"]["lr"]
+                .as_f64()
+                .context("the checkpoint has no learning rate")?;
+        } else {
+            let probe_total = Trainer::new(&backbone, &data, target.clone(), config.clone())?
+                .plan()
+                .1;
+            let probe = (probe_total / 5).clamp(10, 40);
+            let rates = LR_CANDIDATES[usize::from(target == Target::Full)];
+            eprintln!(
+                "--lr auto: {probe} steps at each of {} on the dev split",
+                rates.map(|r| format!("{r:.0e}")).join(", ")
+            );
+            for lr in rates {
+                let mut cfg = config.clone();
+                cfg.lr = lr;
+                cfg.epochs = 0;
+                cfg.max_steps = probe;
+                cfg.eval_every = probe;
+                cfg.patience = 0;
+                let mut t = Trainer::new(&backbone, &data, target.clone(), cfg)?;
+                if let Some(b) = &base_eval {
+                    t.evals.push(b.clone());
+                }
+                let started = Instant::now();
+                if t.run(&mut Probe(stop.clone()))? == Outcome::Interrupted {
+                    eprintln!("interrupted while choosing the learning rate: nothing written");
+                    std::process::exit(130);
+                }
+                let d = t.evals.last().expect("evaluation").ndcg10;
+                if base_eval.is_none() {
+                    eprintln!("dev nDCG@10 of the base model: {:.4}", t.evals[0].ndcg10);
+                    base_eval = Some(t.evals[0].clone());
+                }
+                eprintln!(
+                    "--lr auto: {lr:.0e} → dev nDCG@10 {d:.4} after {probe} steps ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                lr_search.push((lr, d));
+            }
+            let (best, _) =
+                lr_search
+                    .iter()
+                    .copied()
+                    .fold((config.lr, f64::NEG_INFINITY), |b, x| {
+                        if x.1 > b.1 {
+                            x
+                        } else {
+                            b
+                        }
+                    });
+            config.lr = best;
+            eprintln!("--lr auto: training at {best:.0e}");
+        }
+    }
     let mut trainer = Trainer::new(&backbone, &data, target.clone(), config)?;
     let (per_epoch, total) = trainer.plan();
     trainer.config.eval_every = a.eval_every.unwrap_or(total.div_ceil(5).max(1));
@@ -357,6 +471,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     if a.checkpoint_every > 0 {
         trainer.checkpoint_every = Some((a.checkpoint_every, ckpt.clone()));
+    }
+    if let (Some(b), true) = (base_eval, trainer.evals.is_empty()) {
+        // The probes scored the base model already.
+        trainer.evals.push(b);
     }
     let params = trainer.param_count();
     let base = backbone.bert().parameter_count();
@@ -399,20 +517,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         data.write_dev_beir(&log_dir.join("dev"), a.dev_depth)?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A first Ctrl-C finishes the step and writes a checkpoint; a second quits.
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit now)"
-            );
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
     let done_before = trainer.steps.len();
     let mut bar = Bar {
         tty: std::io::stderr().is_terminal(),
@@ -430,7 +534,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let verdict = trainer.verdict();
     let refused = verdict.is_some_and(|v| !v.improved()) && !a.keep_worse;
     let written = outcome != Outcome::Interrupted && !refused;
-    write_logs(&trainer, &log_dir, &a, &target, base, written)?;
+    write_logs(&trainer, &log_dir, &a, &target, base, written, &lr_search)?;
     if outcome == Outcome::Interrupted {
         trainer.checkpoint(&ckpt)?;
         eprintln!(
@@ -532,6 +636,7 @@ fn write_logs(
     target: &Target,
     base: usize,
     written: bool,
+    lr_search: &[(f64, f64)],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut csv = String::from("step,epoch,loss,lr,grad_norm,seconds\n");
@@ -593,6 +698,10 @@ fn write_logs(
             "evaluations": t.evals,
         })),
         "kept_step": t.kept_step(),
+        "lr_search": lr_search
+            .iter()
+            .map(|(lr, d)| serde_json::json!({"lr": lr, "dev_ndcg10": d}))
+            .collect::<Vec<_>>(),
         "written": written,
         "config": t.config,
     });
