@@ -16,15 +16,21 @@ DATA=${DATA:-../shared/data/scifact}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
 mkdir -p "$OUT"
 COMMON=(--model "$MODEL" --data "$DATA")
+# The adapters of this table were trained before the dev split and the data fixes
+# became `aside train`'s defaults; LEGACY=1 (the default here) trains as then.
+TRAIN_LEGACY=()
+if [ "${LEGACY:-1}" = 1 ]; then
+  TRAIN_LEGACY=(--dev-queries 0 --sample pairs --near-duplicate off --margin off --mask-same-text false)
+fi
 
 if [ ! -e "$OUT/iaa-l.safetensors" ]; then
-  "$ASIDE" train "${COMMON[@]}" --split train --kind iaa-l --r 12 --ar 12 --lr 3e-3 \
+  "$ASIDE" train "${COMMON[@]}" "${TRAIN_LEGACY[@]}" --split train --kind iaa-l --r 12 --ar 12 --lr 3e-3 \
     --epochs 2 --batch-size 16 --doc-max-length 128 --seed 42 \
     -o "$OUT/iaa-l.safetensors.part" > "$OUT/train-iaa-l.log" 2>&1
   mv "$OUT/iaa-l.safetensors.part" "$OUT/iaa-l.safetensors"
 fi
 if [ ! -e "$OUT/rerank-iaa-l.safetensors" ]; then
-  "$ASIDE" train "${COMMON[@]}" --split train --kind iaa-l --r 12 --ar 12 --task rerank \
+  "$ASIDE" train "${COMMON[@]}" "${TRAIN_LEGACY[@]}" --split train --kind iaa-l --r 12 --ar 12 --task rerank \
     --doc-max-length 192 --batch-size 4 --lr 3e-3 --head-lr 3e-2 --max-steps 120 --seed 42 \
     -o "$OUT/rerank-iaa-l.safetensors.part" > "$OUT/train-rerank-iaa-l.log" 2>&1
   mv "$OUT/rerank-iaa-l.safetensors.part" "$OUT/rerank-iaa-l.safetensors"
