@@ -2,8 +2,9 @@
 # The dev effect of each training-data fix of `aside train` (docs/results.md,
 # "Training that never makes a task worse"): IAA-L (r 12, ar 12, lr 3e-3, seed 42)
 # for STEPS steps, the dev split evaluated before the first step and at the end,
-# once with the defaults and once with each fix turned off, on SciFact and on a
-# SciFact variant with near-identical documents (bench/near_duplicates.py).
+# once with the defaults, once with each fix turned off (and once with the
+# positive-aware margin, off by default, turned on), on SciFact and on a SciFact
+# variant with near-identical documents (bench/near_duplicates.py).
 #   bench/train_fixes.sh [OUT_DIR]      (STEPS=46, DATASETS="scifact near-dup",
 #                                        VARIANTS="defaults no-near-duplicate ...")
 # Runs already done are skipped. Adapters are written even when worse
@@ -16,7 +17,7 @@ SCIFACT=${DATA:-../shared/data/scifact}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
 STEPS=${STEPS:-46}
 DATASETS=${DATASETS:-scifact near-dup}
-VARIANTS=${VARIANTS:-defaults no-near-duplicate no-margin no-same-text-mask pairs none}
+VARIANTS=${VARIANTS:-defaults no-near-duplicate margin no-same-text-mask pairs none}
 TEST=${TEST:-0}
 mkdir -p "$OUT"
 [ -d "$OUT/near-dup-data" ] || python3 bench/near_duplicates.py "$SCIFACT" "$OUT/near-dup-data"
@@ -24,10 +25,10 @@ mkdir -p "$OUT"
 declare -A FLAGS=(
   [defaults]=""
   [no-near-duplicate]="--near-duplicate off"
-  [no-margin]="--margin off"
+  [margin]="--margin 0.95"
   [no-same-text-mask]="--mask-same-text false"
   [pairs]="--sample pairs"
-  [none]="--near-duplicate off --margin off --mask-same-text false --sample pairs"
+  [none]="--near-duplicate off --mask-same-text false --sample pairs"
 )
 for ds in $DATASETS; do
   case $ds in
