@@ -17,8 +17,8 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{shuffle, TrainSet};
-use crate::eval::exact_top;
-use crate::eval::metrics::{evaluate, rank};
+use crate::eval::metrics::evaluate;
+use crate::eval::{exact_top, rerank_then_rest};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
 
 /// What is trained.
@@ -933,15 +933,8 @@ impl<'a> Trainer<'a> {
                     for ((d, _), v) in ranked[..c].iter().zip(&pooled) {
                         head.push((d.clone(), adapter.head_score(v)?.context("rerank head")?));
                     }
-                    let mut head = rank(head);
                     // Re-ranked candidates first, the rest in retrieval order (as `aside eval`).
-                    let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
-                    head.extend(
-                        ranked[c..]
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32)),
-                    );
+                    let head = rerank_then_rest(head, &ranked[c..]);
                     runs.insert(qid.clone(), head);
                 }
                 runs

@@ -266,22 +266,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             scores.add(&fresh)?;
             let heads: Vec<f32> = keys.iter().map(|k| scores.known[k]).collect();
             let rerank = |score: &dyn Fn(f32, f32) -> f32| {
-                let mut head: Vec<(String, f32)> = rank(
+                // Re-ranked candidates first, the rest of the retrieval order after them.
+                aside_trainer::eval::rerank_then_rest(
                     ranked[..c]
                         .iter()
                         .zip(&heads)
                         .map(|((d, s), h)| (d.clone(), score(*s, *h)))
                         .collect(),
-                );
-                // Re-ranked candidates first, the rest of the retrieval order after them.
-                let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
-                head.extend(
-                    ranked[c..]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32)),
-                );
-                head
+                    &ranked[c..],
+                )
             };
             if a.fuse != 0.0 {
                 head_only.insert(qid.clone(), rerank(&|_, h| h));

@@ -152,6 +152,23 @@ pub fn encode_with_progress(
     Ok(out)
 }
 
+/// A re-ranked list: the candidates by their new scores, then the rest of the first
+/// stage's order below them (how `aside eval` and the dev evaluation rank after a
+/// re-ranker).
+pub fn rerank_then_rest(
+    candidates: Vec<(String, f32)>,
+    rest: &[(String, f32)],
+) -> Vec<(String, f32)> {
+    let mut head = rank(candidates);
+    let floor = head.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
+    head.extend(
+        rest.iter()
+            .enumerate()
+            .map(|(i, (d, _))| (d.clone(), floor - 1.0 - i as f32)),
+    );
+    head
+}
+
 /// Exact top-k by dot product (vectors as pooled; cosine when normalised).
 pub fn exact_top(corpus: &[Vec<f32>], ids: &[String], q: &[f32], k: usize) -> Vec<(String, f32)> {
     let scored: Vec<(String, f32)> = corpus
