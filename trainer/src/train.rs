@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{shuffle, TrainSet};
 use crate::eval::metrics::evaluate;
-use crate::eval::{exact_top, rerank_then_rest};
+use crate::eval::{encode_texts, exact_top, rerank_then_rest};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
 
 /// What is trained.
@@ -525,12 +525,7 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|e| e.ndcg10)
             .fold(f64::NEG_INFINITY, f64::max);
-        let best_trained = self
-            .evals
-            .iter()
-            .filter(|e| e.step > 0)
-            .map(|e| e.ndcg10)
-            .fold(f64::NEG_INFINITY, f64::max);
+        let best_trained = self.best_trained().map_or(f64::NEG_INFINITY, |e| e.ndcg10);
         if d > best_trained {
             self.best_params = Some(
                 self.opt
@@ -557,14 +552,7 @@ impl<'a> Trainer<'a> {
     /// evaluation).
     pub fn verdict(&self) -> Option<Verdict> {
         let base = self.evals.iter().find(|e| e.step == 0)?.ndcg10;
-        let best = self
-            .evals
-            .iter()
-            .filter(|e| e.step > 0)
-            .fold(None::<&DevLog>, |b, e| match b {
-                Some(b) if b.ndcg10 >= e.ndcg10 => Some(b),
-                _ => Some(e),
-            });
+        let best = self.best_trained();
         Some(Verdict {
             base,
             best: best.map_or(f64::NEG_INFINITY, |e| e.ndcg10),
@@ -572,9 +560,8 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The step whose parameters are kept: the best dev evaluation's (the last step
-    /// without a dev split).
-    pub fn kept_step(&self) -> usize {
+    /// The best dev evaluation after step 0 (the earliest of equals).
+    fn best_trained(&self) -> Option<&DevLog> {
         self.evals
             .iter()
             .filter(|e| e.step > 0)
@@ -582,7 +569,12 @@ impl<'a> Trainer<'a> {
                 Some(b) if b.ndcg10 >= e.ndcg10 => Some(b),
                 _ => Some(e),
             })
-            .map_or(self.opt.step, |e| e.step)
+    }
+
+    /// The step whose parameters are kept: the best dev evaluation's (the last step
+    /// without a dev split).
+    pub fn kept_step(&self) -> usize {
+        self.best_trained().map_or(self.opt.step, |e| e.step)
     }
 
     /// Puts back the parameters of the best dev evaluation.
@@ -838,22 +830,7 @@ impl<'a> Trainer<'a> {
             None => b.pooling(),
         };
         let opts = self.dev_opts();
-        let encode = |texts: Vec<&str>| -> anyhow::Result<Vec<Vec<f32>>> {
-            let mut out = Vec::with_capacity(texts.len());
-            for chunk in texts.chunks(512) {
-                let items: Vec<Item<'_>> = chunk
-                    .iter()
-                    .map(|t| Item {
-                        input: Input::Single(t),
-                        hooks,
-                        pooling: cfg.pooling,
-                        normalize: cfg.normalize,
-                    })
-                    .collect();
-                out.extend(b.encode(&items, &opts)?);
-            }
-            Ok(out)
-        };
+        let encode = |texts: Vec<&str>| encode_texts(b, hooks, cfg, &texts, &opts);
         let docs = encode(
             pool.rows
                 .iter()

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use aside_adapters::Adapter;
-use aside_backbone::{Backbone, EncodeOptions, Hooks, Input, Item};
+use aside_backbone::{Backbone, EncodeOptions, Hooks, Input, Item, PoolingConfig};
 
 pub use metrics::{evaluate, rank, Qrels, Summary};
 
@@ -113,6 +113,33 @@ impl Beir {
     }
 }
 
+/// Texts encoded in one call at a time.
+const CHUNK: usize = 512;
+
+/// Encodes texts (in chunks of 512) with these hooks and pooling, quietly.
+pub fn encode_texts(
+    b: &Backbone,
+    hooks: Option<&dyn Hooks>,
+    pool: PoolingConfig,
+    texts: &[&str],
+    opts: &EncodeOptions,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(CHUNK) {
+        let items: Vec<Item<'_>> = chunk
+            .iter()
+            .map(|t| Item {
+                input: Input::Single(t),
+                hooks,
+                pooling: pool.pooling,
+                normalize: pool.normalize,
+            })
+            .collect();
+        out.extend(b.encode(&items, opts)?);
+    }
+    Ok(out)
+}
+
 /// Encodes texts with an adapter (or none) in chunks, reporting progress on stderr.
 pub fn encode_with_progress(
     b: &Backbone,
@@ -122,21 +149,13 @@ pub fn encode_with_progress(
     label: &str,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let pool = adapter.map_or(b.pooling(), |a| a.pooling(b.pooling()));
+    let hooks = adapter.map(|a| a as &dyn Hooks);
     let tty = std::io::stderr().is_terminal();
     let t0 = Instant::now();
     let mut out = Vec::with_capacity(texts.len());
     // Chunks sorted by length inside `encode`; a chunk is large enough to batch well.
-    for chunk in texts.chunks(512) {
-        let items: Vec<Item<'_>> = chunk
-            .iter()
-            .map(|t| Item {
-                input: Input::Single(t),
-                hooks: adapter.map(|a| a as &dyn Hooks),
-                pooling: pool.pooling,
-                normalize: pool.normalize,
-            })
-            .collect();
-        out.extend(b.encode(&items, opts)?);
+    for chunk in texts.chunks(CHUNK) {
+        out.extend(encode_texts(b, hooks, pool, chunk, opts)?);
         let rate = out.len() as f64 / t0.elapsed().as_secs_f64();
         let msg = format!("{label}: {}/{} ({rate:.1}/s)", out.len(), texts.len());
         if tty {
