@@ -23,7 +23,7 @@ if [[ ${ASIDE_FUZZ_SECONDS:-40} != 0 && $# == 0 ]]; then
 fi
 
 # The GPU build: NVIDIA's CUDA wheels into .cuda-venv/, `cargo build --features cuda`
-# into target/cuda/ (scripts/build-cuda.sh; ~20 min of two cores, the kernels' nvcc
+# into target/cuda/ (scripts/build-cuda.sh; 39.5 min of CPU measured here, the kernels' nvcc
 # most of it). No GPU here: the binary must stop naming the missing driver or device,
 # never a missing feature. ASIDE_SKIP_CUDA=1, or a test filter, skips it.
 if [[ ${ASIDE_SKIP_CUDA:-0} == 1 || $# -gt 0 ]]; then
