@@ -4,7 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::sync::Arc;
+
 use aside_backbone::candle_core::{DType, Device, Result as CResult, Tensor};
+use aside_backbone::cpu::BottleneckWeights;
+use aside_backbone::ops;
 use aside_backbone::{Hooks, Pooling, PoolingConfig, Site, Sub};
 
 use crate::error::{AdapterError, Result};
@@ -18,35 +22,43 @@ pub struct Bottleneck {
     pub down_b: Tensor,
     pub up_w: Tensor,
     pub up_b: Tensor,
+    /// The weights laid out for the CPU kernel, built once with the adapter; `None`
+    /// for trainable (variable) weights and off the f32 CPU path.
+    prepared: Option<Arc<BottleneckWeights>>,
 }
 
 impl Bottleneck {
     fn from(t: &BTreeMap<String, Tensor>, prefix: &str) -> Self {
         let g = |s: &str| t[&format!("{prefix}.{s}")].clone();
+        let (down_w, down_b, up_w, up_b) = (
+            g("down.weight"),
+            g("down.bias"),
+            g("up.weight"),
+            g("up.bias"),
+        );
+        // The shapes were validated: a failure here can only leave the candle path.
+        let prepared = ops::prepare_bottleneck(&down_w, &down_b, &up_w, &up_b)
+            .ok()
+            .flatten()
+            .map(Arc::new);
         Bottleneck {
-            down_w: g("down.weight"),
-            down_b: g("down.bias"),
-            up_w: g("up.weight"),
-            up_b: g("up.bias"),
+            down_w,
+            down_b,
+            up_w,
+            up_b,
+            prepared,
         }
     }
 
     /// `target + BN(x)`, for `x` and `target` `[..., d]`. Served through the fused
-    /// CPU kernel (one pass per row, the hidden values never leave registers); trainable
-    /// (variable) weights take the differentiable candle ops.
+    /// CPU kernel (one pass per row, the hidden values never leave registers) when
+    /// the weights were prepared for it; trainable (variable) weights and other
+    /// devices or types take candle's ops.
     pub fn add_to(&self, target: &Tensor, x: &Tensor, act: Activation) -> CResult<Tensor> {
-        use aside_backbone::kernels;
-        let params = [&self.down_w, &self.down_b, &self.up_w, &self.up_b];
-        if kernels::usable(&[x, target]) && kernels::usable(&params) {
-            return kernels::bottleneck(
-                target,
-                x,
-                &self.down_w,
-                &self.down_b,
-                &self.up_w,
-                &self.up_b,
-                act.epilogue(),
-            );
+        if let Some(w) = &self.prepared {
+            if ops::usable(&[x, target]) {
+                return ops::bottleneck(target, x, w, act.epilogue());
+            }
         }
         let dims = x.dims().to_vec();
         let d = *dims.last().expect("rank >= 1");
@@ -234,6 +246,36 @@ impl Adapter {
         &self.meta
     }
 
+    /// A copy whose tensors live on `device` in `dtype`, for a backbone there (a GPU,
+    /// or f16 / bf16): moved once, when the adapter is loaded for that backbone. The
+    /// rerank head stays an f32 CPU tensor (it scores pooled f32 vectors), and BitFit's
+    /// LayerNorm tensors stay f32 (the backbone runs LayerNorm in f32).
+    pub fn to_device(&self, device: &Device, dtype: DType, dims: &Dims) -> Result<Adapter> {
+        let mut tensors = BTreeMap::new();
+        for (name, t) in &self.tensors {
+            let t = if name.starts_with("head.") {
+                t.clone()
+            } else if name.contains("LayerNorm") {
+                t.to_device(device)?
+            } else {
+                t.to_device(device)?.to_dtype(dtype)?
+            };
+            tensors.insert(name.clone(), t);
+        }
+        Ok(Self::build(self.meta.clone(), tensors, dims))
+    }
+
+    /// Where the tensors live and in what type (the rerank head and LayerNorm
+    /// tensors aside).
+    pub fn placement(&self) -> (Device, DType) {
+        self.tensors
+            .iter()
+            .find(|(n, _)| !n.starts_with("head.") && !n.contains("LayerNorm"))
+            .map_or((Device::Cpu, DType::F32), |(_, t)| {
+                (t.device().clone(), t.dtype())
+            })
+    }
+
     pub fn kind(&self) -> Kind {
         self.meta.kind
     }
@@ -384,13 +426,12 @@ impl Hooks for Adapter {
     }
 
     fn linear(&self, layer: usize, site: Site, x: &Tensor, y: &Tensor) -> CResult<Option<Tensor>> {
-        use aside_backbone::kernels;
         let Some((a, b)) = self.lora.get(&(layer, site)) else {
             return Ok(None);
         };
-        if kernels::usable(&[x, y, a, b]) {
+        if ops::usable(&[x, y, a, b]) {
             let z = x.broadcast_matmul(&a.t()?)?;
-            return Ok(Some(kernels::add_linear(
+            return Ok(Some(ops::add_linear(
                 y,
                 &z,
                 b,

@@ -143,8 +143,8 @@ impl Activation {
     }
 
     /// The fused-kernel form of this activation.
-    pub fn epilogue(self) -> aside_backbone::kernels::Epilogue {
-        use aside_backbone::kernels::Epilogue;
+    pub fn epilogue(self) -> aside_backbone::ops::Epilogue {
+        use aside_backbone::ops::Epilogue;
         match self {
             Activation::Relu => Epilogue::Relu,
             Activation::Gelu => Epilogue::Gelu,

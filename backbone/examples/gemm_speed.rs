@@ -1,7 +1,8 @@
 //! Speed of the frozen-linear matmuls at BERT shapes: the `gemm` crate (what the f32
 //! path used before packing) against the packed f32 and bf16 kernels.
 //!     cargo run --release -p aside-backbone --example gemm_speed [ROWS]
-use aside_backbone::packed::{PackedWeight, Precision};
+use aside_backbone::cpu::matmul::Packing as Precision;
+use aside_backbone::cpu::PackedWeight;
 use std::time::Instant;
 
 fn main() {
@@ -72,11 +73,11 @@ fn attention_speed() {
         .collect();
     let qkv = Tensor::from_vec(v, (b, t, 3 * d), &Device::Cpu).unwrap();
     let lengths = vec![t; b];
-    aside_backbone::kernels::attention(&qkv, &lengths, heads).unwrap();
+    aside_backbone::ops::attention(&qkv, &lengths, heads).unwrap();
     let t0 = Instant::now();
     let reps = 3;
     for _ in 0..reps {
-        aside_backbone::kernels::attention(&qkv, &lengths, heads).unwrap();
+        aside_backbone::ops::attention(&qkv, &lengths, heads).unwrap();
     }
     let s = t0.elapsed().as_secs_f64() / reps as f64;
     let flops = 4.0 * (b * t * t * d) as f64;

@@ -11,8 +11,8 @@ use crate::config::{BertConfig, ModelFiles, Pooling, PoolingConfig};
 use crate::error::{io_err, Error, Result};
 use crate::hooks::{Group, Hooks};
 use crate::model::{BatchInputs, Bert, Mode};
-use crate::packed::Precision;
 use crate::pooling::l2_normalize_vec;
+use crate::precision::Precision;
 use crate::tokenize::{Encoded, Input, Tokens};
 
 /// Default maximum input length in tokens (special tokens included).
@@ -89,8 +89,11 @@ impl Backbone {
             sha256,
             files,
         };
+        if matches!(opts.precision, Precision::F16 | Precision::Bf16) {
+            b.bert = b.bert.into_dtype(opts.precision.dtype())?;
+        }
         if opts.precision.is_int8() {
-            let inputs: Vec<Input<'_>> = crate::calibration::TEXTS
+            let inputs: Vec<Input<'_>> = crate::model::CALIBRATION_TEXTS
                 .iter()
                 .map(|t| Input::Single(t))
                 .collect();
@@ -246,13 +249,15 @@ impl Backbone {
             }
         }
         let h = self.bert.forward(&inputs, &groups, Mode::Inference)?;
+        // Pooled and returned in f32 whatever the model computes in.
+        let h = h.to_dtype(candle_core::DType::F32)?;
         let need = |p: Pooling| rows.iter().any(|&i| items[i].pooling == p);
         let pooled = |p: Pooling| -> Result<Option<Vec<Vec<f32>>>> {
             if !need(p) {
                 return Ok(None);
             }
-            if p == Pooling::Mean && crate::kernels::usable(&[&h]) {
-                return Ok(Some(crate::kernels::mean_pool(&h, &inputs.lengths)?));
+            if p == Pooling::Mean && crate::ops::usable(&[&h]) {
+                return Ok(Some(crate::ops::mean_pool(&h, &inputs.lengths)?));
             }
             let t = crate::pooling::pool(&h, &inputs.attention_mask, p)?;
             Ok(Some(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?))

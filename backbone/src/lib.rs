@@ -4,9 +4,10 @@
 //! |---|---|
 //! | `config.rs` | `config.json`, pooling config, the model folder's files |
 //! | `tokenize.rs` | the tokenizer with our truncation (no padding) |
-//! | `model.rs` | the weights and the batched forward with hook points |
-//! | `kernels.rs` | fused CPU kernels of the serving path |
-//! | `packed.rs` | prepacked f32 / bf16 AVX-512 matmuls of the frozen linears |
+//! | `model/` | the weights and the batched forward with hook points; the one place that picks CPU kernels or device ops |
+//! | `cpu/` | the CPU kernels over plain slices, one concern a file (no tensor types) |
+//! | `ops/` | those kernels as tensor operations (serving, and differentiable for training) |
+//! | `precision.rs` | f32, int8, int8-fast (CPU kernels), f16, bf16 (device ops) |
 //! | `hooks.rs` | the [`Hooks`] trait adapters implement, row groups |
 //! | `pooling.rs` | cls / mean pooling, L2 normalisation |
 //! | `encoder.rs` | [`Backbone`]: load a folder, encode inputs in batches |
@@ -14,15 +15,15 @@
 //!
 //! The backbone knows no adapter file format: adapters reach it only through [`Hooks`].
 
-mod calibration;
 mod config;
+pub mod cpu;
 mod encoder;
 mod error;
 mod hooks;
-pub mod kernels;
 mod model;
-pub mod packed;
+pub mod ops;
 pub mod pooling;
+mod precision;
 pub mod testing;
 mod tokenize;
 
@@ -34,5 +35,5 @@ pub use encoder::{
 pub use error::{Error, Result};
 pub use hooks::{Group, Hooks, Site, Sub};
 pub use model::{BatchInputs, Bert, Mode};
-pub use packed::Precision;
+pub use precision::Precision;
 pub use tokenize::{Encoded, Input, Tokens};
