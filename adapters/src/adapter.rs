@@ -265,6 +265,16 @@ impl Adapter {
         Ok(Self::build(self.meta.clone(), tensors, dims))
     }
 
+    /// This adapter placed for `backbone`: itself when the backbone computes in f32
+    /// on the CPU, else a copy on its device in its type ([`Adapter::to_device`]).
+    pub fn for_backbone(self, backbone: &aside_backbone::Backbone) -> Result<Adapter> {
+        let bert = backbone.bert();
+        if bert.device().is_cpu() && bert.dtype() == DType::F32 {
+            return Ok(self);
+        }
+        self.to_device(bert.device(), bert.dtype(), &Dims::of(backbone))
+    }
+
     /// Where the tensors live and in what type (the rerank head and LayerNorm
     /// tensors aside).
     pub fn placement(&self) -> (Device, DType) {

@@ -81,13 +81,16 @@ pub struct ConvertArgs {
 /// Loads an adapter for `backbone`: a native file, or a PEFT folder converted on the fly.
 pub fn load_adapter(path: &Path, backbone: &Backbone) -> anyhow::Result<Adapter> {
     let dims = Dims::of(backbone);
-    if path.is_dir() {
-        return peft::convert_dir(path, &dims)
-            .with_context(|| format!("PEFT adapter {}", path.display()));
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    format::read_adapter(&bytes, &dims, u64::MAX)
-        .with_context(|| format!("adapter {}", path.display()))
+    let adapter = if path.is_dir() {
+        peft::convert_dir(path, &dims)
+            .with_context(|| format!("PEFT adapter {}", path.display()))?
+    } else {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        format::read_adapter(&bytes, &dims, u64::MAX)
+            .with_context(|| format!("adapter {}", path.display()))?
+    };
+    // On a GPU, or in f16/bf16, the adapter's tensors move to the backbone once.
+    Ok(adapter.for_backbone(backbone)?)
 }
 
 pub fn run(cmd: AdapterCommand) -> anyhow::Result<()> {

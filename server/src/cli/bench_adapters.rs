@@ -38,6 +38,8 @@ fn iaa_l(b: &Backbone, seed: u64) -> Adapter {
     m.ar = Some(12);
     m.backbone = Some(b.sha256().to_owned());
     random_adapter(&m, &Dims::of(b), b.bert(), seed)
+        .for_backbone(b)
+        .expect("placing an adapter for the backbone")
 }
 
 fn rss_bytes() -> usize {

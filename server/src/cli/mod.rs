@@ -76,11 +76,36 @@ pub struct ModelArgs {
         default_value_os_t = default_model_dir()
     )]
     pub dir: PathBuf,
+    /// cpu, or cuda / cuda:N (a build with the `cuda` feature); `serve` also takes a
+    /// list, cuda:0,cuda:1, and runs one inference worker per GPU.
+    #[arg(long, env = "ASIDE_DEVICE", default_value = "cpu")]
+    pub device: String,
 }
 
 impl ModelArgs {
-    /// Loads the backbone; a missing folder says how to name one.
+    /// The devices `--device` names, in order (at least one).
+    pub fn devices(&self) -> anyhow::Result<Vec<candle_core::Device>> {
+        self.device
+            .split(',')
+            .map(|d| parse_device(d.trim()))
+            .collect()
+    }
+
+    /// Loads the backbone on the first device `--device` names (the options' device
+    /// is replaced); a missing folder says how to name one.
     pub fn load(
+        &self,
+        opts: &aside_backbone::LoadOptions,
+    ) -> anyhow::Result<aside_backbone::Backbone> {
+        let device = self.devices()?.remove(0);
+        self.load_on(&aside_backbone::LoadOptions {
+            device,
+            precision: opts.precision,
+        })
+    }
+
+    /// Loads the backbone with exactly these options.
+    pub fn load_on(
         &self,
         opts: &aside_backbone::LoadOptions,
     ) -> anyhow::Result<aside_backbone::Backbone> {
@@ -102,6 +127,28 @@ impl ModelArgs {
         aside_backbone::Backbone::load(dir, opts)
             .map_err(anyhow::Error::msg)
             .map_err(|e| e.context(format!("loading model from {}", dir.display())))
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`. Without the `cuda` feature a GPU is refused by name; in
+/// a `cuda` build on a machine without a GPU or driver, CUDA's own error says which.
+pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
+    let cuda = |n: usize| -> anyhow::Result<candle_core::Device> {
+        if !cfg!(feature = "cuda") {
+            anyhow::bail!(
+                "--device {s}: this build has no GPU support (build with `--features cuda`, or use the CUDA image)"
+            );
+        }
+        candle_core::Device::new_cuda(n)
+            .map_err(|e| anyhow::anyhow!("--device {s}: no usable CUDA device {n}: {e}"))
+    };
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => cuda(n),
+            None => anyhow::bail!("--device: expected cpu, cuda or cuda:N, got `{s}`"),
+        },
     }
 }
 

@@ -27,12 +27,10 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, env = "ASIDE_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
-    #[arg(long, env = "ASIDE_DEVICE", default_value = "cpu")]
-    pub device: String,
     /// Arithmetic of the backbone's linears: f32; int8 (AVX-512 VNNI; faster,
-    /// embeddings within 0.999 cosine of f32); or int8-fast (one int8 weight plane:
-    /// faster again, within 0.995).
+    /// embeddings within 0.999 cosine of f32); int8-fast (one int8 weight plane:
+    /// faster again, within 0.995); f16 or bf16 (a GPU's types: candle's ops,
+    /// LayerNorm in f32; on the CPU slower than f32).
     #[arg(long, env = "ASIDE_PRECISION", default_value = "f32")]
     pub precision: aside_backbone::Precision,
     /// gRPC port (same host); 0 picks a free one.
@@ -97,6 +95,11 @@ pub struct ServeArgs {
     /// Bytes of adapter tensors kept resident (LRU beyond that).
     #[arg(long, env = "ASIDE_ADAPTER_MEMORY", default_value_t = 1 << 30)]
     pub adapter_memory: usize,
+    /// Bytes of adapter copies each GPU keeps (or, on the CPU in f16/bf16, the
+    /// converted copies): counted apart from --adapter-memory, least recently used
+    /// dropped beyond it.
+    #[arg(long, env = "ASIDE_ADAPTER_DEVICE_MEMORY", default_value_t = 1 << 30)]
+    pub adapter_device_memory: usize,
     /// Largest batch the queue gathers (inputs).
     #[arg(long, env = "ASIDE_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
@@ -113,8 +116,8 @@ pub struct ServeArgs {
     /// while the workers compute, so batches grow by themselves.
     #[arg(long, env = "ASIDE_BATCH_GAP_US", default_value_t = 0)]
     pub batch_gap_us: u64,
-    /// Inference workers: one gathers a batch while the others run theirs (0: one
-    /// per thread of the compute pool on the CPU, one on a GPU).
+    /// Inference workers per device: one gathers a batch while the others run
+    /// theirs (0: one per thread of the compute pool on the CPU, one per GPU).
     #[arg(long, env = "ASIDE_INFERENCE_WORKERS", default_value_t = 0)]
     pub inference_workers: usize,
     /// A batch of more tokens than this splits each forward across every core;
@@ -126,10 +129,19 @@ pub struct ServeArgs {
 /// Everything `serve` builds before listening (tests build the same).
 pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     let t0 = Instant::now();
-    let backbone = Arc::new(a.model.load(&LoadOptions {
-        device: parse_device(&a.device)?,
-        precision: a.precision,
-    })?);
+    // One backbone per device: its own copy of the weights, its own worker.
+    let backbones = a
+        .model
+        .devices()?
+        .into_iter()
+        .map(|device| {
+            Ok(Arc::new(a.model.load_on(&LoadOptions {
+                device,
+                precision: a.precision,
+            })?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let backbone = backbones[0].clone();
     let registry = Registry::open(
         &a.data_dir.join("adapters"),
         Dims::of(&backbone),
@@ -167,8 +179,8 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
     };
     let stores = Stores::new(Arc::new(index), milvus, a.store, a.data_dir.join("leases"));
     let metrics = Arc::new(Metrics::default());
-    let batcher = Batcher::start(
-        backbone.clone(),
+    let batcher = Batcher::start_on(
+        backbones,
         BatchConfig {
             max_items: a.max_batch,
             max_tokens: a.max_batch_tokens,
@@ -181,6 +193,7 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
                 n => n,
             },
             parallel_tokens: a.parallel_batch_tokens,
+            device_adapter_bytes: a.adapter_device_memory,
         },
         metrics.clone(),
     );
@@ -219,18 +232,6 @@ pub fn build_state(a: &ServeArgs) -> anyhow::Result<Shared> {
         metrics,
         cfg,
     ))
-}
-
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> anyhow::Result<candle_core::Device> {
-    match s {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        "cuda" => Ok(candle_core::Device::new_cuda(0)?),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(candle_core::Device::new_cuda(n)?),
-            None => anyhow::bail!("--device: expected cpu, cuda or cuda:N, got `{s}`"),
-        },
-    }
 }
 
 async fn shutdown_signal() {

@@ -294,6 +294,12 @@ fn clock(s: f64) -> String {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    if a.model.device != "cpu" {
+        anyhow::bail!(
+            "--device {}: training runs on the CPU (serve the trained adapter on the GPU)",
+            a.model.device
+        );
+    }
     let backbone = a.model.load(&LoadOptions::default())?;
     let target = if a.kind == "full" {
         Target::Full

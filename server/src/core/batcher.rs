@@ -10,9 +10,16 @@
 //! much of its time waiting at its many joins, and on a shared host every pause of
 //! either core stalls both. A large batch (documents) splits each matmul across the
 //! whole pool.
+//!
+//! On GPUs (`--device cuda:0,cuda:1`) each device has its own backbone and its own
+//! worker(s), all gathering from the one queue. An adapter reaches a device once: the
+//! worker keeps device copies ([`Placed`]) under their own byte budget, apart from
+//! the registry's CPU budget, and drops the least recently used beyond it (or when
+//! the registry replaced the adapter).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use aside_adapters::Adapter;
@@ -55,6 +62,9 @@ pub struct BatchConfig {
     /// Batches of more tokens than this split each forward across the whole rayon
     /// pool; smaller ones run on their worker's thread alone.
     pub parallel_tokens: usize,
+    /// Bytes of adapter copies each device keeps (GPU memory; on the CPU in f16 or
+    /// bf16, the converted copies).
+    pub device_adapter_bytes: usize,
 }
 
 impl Default for BatchConfig {
@@ -67,6 +77,7 @@ impl Default for BatchConfig {
             forward_batch: 32,
             workers: rayon::current_num_threads().max(1),
             parallel_tokens: 2048,
+            device_adapter_bytes: 1 << 30,
         }
     }
 }
@@ -85,20 +96,42 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn start(backbone: Arc<Backbone>, cfg: BatchConfig, obs: Arc<dyn BatchObserver>) -> Self {
+        Self::start_on(vec![backbone], cfg, obs)
+    }
+
+    /// [`Batcher::start`] over one backbone per device: `cfg.workers` workers for each,
+    /// all taking batches from the one queue.
+    pub fn start_on(
+        backbones: Vec<Arc<Backbone>>,
+        cfg: BatchConfig,
+        obs: Arc<dyn BatchObserver>,
+    ) -> Self {
+        assert!(!backbones.is_empty(), "a batcher needs a backbone");
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let depth = Arc::new(AtomicUsize::new(0));
         let queue = Arc::new(Mutex::new(Queue { rx, carry: None }));
-        for w in 0..cfg.workers.max(1) {
-            let (b, queue, d, obs) = (backbone.clone(), queue.clone(), depth.clone(), obs.clone());
-            let own = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(move |_| format!("aside-forward-{w}"))
-                .build()
-                .expect("build a worker's thread pool");
-            std::thread::Builder::new()
-                .name(format!("aside-inference-{w}"))
-                .spawn(move || run(b, cfg, queue, d, obs, own))
-                .expect("spawn inference thread");
+        let per_device = cfg.workers.max(1);
+        // Every worker counts in the even split of the queue.
+        let cfg = BatchConfig {
+            workers: per_device * backbones.len(),
+            ..cfg
+        };
+        for (dev, backbone) in backbones.iter().enumerate() {
+            for i in 0..per_device {
+                let w = dev * per_device + i;
+                let (b, queue, d, obs) =
+                    (backbone.clone(), queue.clone(), depth.clone(), obs.clone());
+                let own = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("aside-forward-{w}"))
+                    .build()
+                    .expect("build a worker's thread pool");
+                let placed = Placed::new(&b, cfg.device_adapter_bytes);
+                std::thread::Builder::new()
+                    .name(format!("aside-inference-{w}"))
+                    .spawn(move || run(b, cfg, queue, d, obs, own, placed))
+                    .expect("spawn inference thread");
+            }
         }
         Batcher { tx, depth }
     }
@@ -199,6 +232,7 @@ fn run(
     depth: Arc<AtomicUsize>,
     obs: Arc<dyn BatchObserver>,
     own: rayon::ThreadPool,
+    mut placed: Placed,
 ) {
     loop {
         let Some((batch, items, tokens)) = gather(&b, &cfg, &queue, &depth) else {
@@ -208,11 +242,17 @@ fn run(
             continue;
         }
         let t0 = Instant::now();
-        let result = if tokens > cfg.parallel_tokens {
-            encode(&b, &batch, cfg.forward_batch)
-        } else {
-            own.install(|| encode(&b, &batch, cfg.forward_batch))
-        };
+        let adapters = batch
+            .iter()
+            .map(|p| placed.get(p.job.adapter.as_ref()))
+            .collect::<Result<Vec<_>, String>>();
+        let result = adapters.and_then(|adapters| {
+            if tokens > cfg.parallel_tokens || !b.bert().device().is_cpu() {
+                encode(&b, &batch, &adapters, cfg.forward_batch)
+            } else {
+                own.install(|| encode(&b, &batch, &adapters, cfg.forward_batch))
+            }
+        });
         obs.batch(items, tokens, t0.elapsed().as_secs_f64());
         depth.fetch_sub(items, Ordering::Relaxed);
         match result {
@@ -313,11 +353,109 @@ fn gather(
     Some((batch, items, tokens))
 }
 
-fn encode(b: &Backbone, batch: &[Pending], forward_batch: usize) -> Result<Vec<Vec<f32>>, String> {
+/// Adapters placed for one worker's backbone: the registry's own where the backbone
+/// computes in f32 on the CPU, else copies on its device in its type, made on first
+/// use and kept within a byte budget (least recently used dropped beyond it).
+pub struct Placed {
+    /// None: the registry's adapters serve as they are.
+    target: Option<(
+        aside_backbone::candle_core::Device,
+        aside_backbone::candle_core::DType,
+        aside_adapters::Dims,
+    )>,
+    budget: usize,
+    bytes: usize,
+    clock: u64,
+    /// By the registry adapter's address: (that adapter, its copy, bytes, last use).
+    copies: HashMap<usize, (Weak<Adapter>, Arc<Adapter>, usize, u64)>,
+}
+
+impl Placed {
+    pub fn new(b: &Backbone, budget: usize) -> Self {
+        let bert = b.bert();
+        let target = (!(bert.device().is_cpu()
+            && bert.dtype() == aside_backbone::candle_core::DType::F32))
+            .then(|| {
+                (
+                    bert.device().clone(),
+                    bert.dtype(),
+                    aside_adapters::Dims::of(b),
+                )
+            });
+        Placed {
+            target,
+            budget,
+            bytes: 0,
+            clock: 0,
+            copies: HashMap::new(),
+        }
+    }
+
+    /// Bytes of copies held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Copies held.
+    pub fn len(&self) -> usize {
+        self.copies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
+
+    /// The adapter to run on this worker's backbone.
+    pub fn get(&mut self, a: Option<&Arc<Adapter>>) -> Result<Option<Arc<Adapter>>, String> {
+        let (Some(a), Some((device, dtype, dims))) = (a, &self.target) else {
+            return Ok(a.cloned());
+        };
+        self.clock += 1;
+        let key = Arc::as_ptr(a) as usize;
+        if let Some((orig, copy, _, used)) = self.copies.get_mut(&key) {
+            if orig.upgrade().is_some_and(|o| Arc::ptr_eq(&o, a)) {
+                *used = self.clock;
+                return Ok(Some(copy.clone()));
+            }
+        }
+        // Copies of adapters the registry has let go of (replaced, deleted, evicted).
+        self.copies.retain(|_, (orig, ..)| orig.strong_count() > 0);
+        let copy = Arc::new(
+            a.to_device(device, *dtype, dims)
+                .map_err(|e| format!("moving the adapter to the device: {e}"))?,
+        );
+        let size = copy.size_bytes();
+        self.copies
+            .insert(key, (Arc::downgrade(a), copy.clone(), size, self.clock));
+        self.bytes = self.copies.values().map(|c| c.2).sum();
+        while self.bytes > self.budget && self.copies.len() > 1 {
+            let Some(oldest) = self
+                .copies
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, c)| c.3)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(c) = self.copies.remove(&oldest) {
+                self.bytes -= c.2;
+            }
+        }
+        Ok(Some(copy))
+    }
+}
+
+fn encode(
+    b: &Backbone,
+    batch: &[Pending],
+    adapters: &[Option<Arc<Adapter>>],
+    forward_batch: usize,
+) -> Result<Vec<Vec<f32>>, String> {
     let mut items = Vec::new();
     let mut encoded = Vec::new();
-    for p in batch {
-        let hooks = p.job.adapter.as_deref().map(|a| a as &dyn Hooks);
+    for (p, a) in batch.iter().zip(adapters) {
+        let hooks = a.as_deref().map(|a| a as &dyn Hooks);
         for (t, e) in p.job.texts.iter().zip(&p.encoded) {
             items.push(Item {
                 input: match t {
