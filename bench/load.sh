@@ -7,7 +7,8 @@
 #
 #   bench/load.sh BEIR_SCIFACT_DIR        (needs oha and python3; ~15 minutes)
 #
-# oha: `cargo install oha`. PRECISION=int8|int8-fast serves the int8 backbone;
+# oha: `cargo install oha`. PRECISION=int8|int8-fast serves the int8 backbone (f16,
+# bf16: a GPU's types); DEVICE=cuda serves on the GPU;
 # DOCS=N indexes only the corpus's first N documents (the query's forward pass, not
 # the HNSW search, is the cost measured); DURATION (default 30s) per run; RATE
 # (default 200) for the fixed-rate run; ROUNDS (default 3). MODES (default dense)
@@ -27,7 +28,7 @@ rounds="${ROUNDS:-3}"
 tmp="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 "$aside" serve --port "$port" --grpc-port 0 --data-dir "$tmp/data" \
-  --precision "${PRECISION:-f32}" 2> "$tmp/server.log" &
+  --precision "${PRECISION:-f32}" --device "${DEVICE:-cpu}" 2> "$tmp/server.log" &
 pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 300); do curl -sf "$base/health" > /dev/null && break; sleep 0.2; done

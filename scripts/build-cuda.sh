@@ -59,6 +59,14 @@ export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export PATH="$cuda/bin:$PATH"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$link"
+if [[ ${1:-} == test ]]; then
+  # `scripts/build-cuda.sh test ARGS...`: `cargo test --features cuda ARGS...` in the
+  # same environment and target directory (scripts/gpu-check.sh runs its parity
+  # test so).
+  shift
+  exec cargo test --release --features cuda --manifest-path "$root/Cargo.toml" \
+    --target-dir "$target" "$@"
+fi
 cargo build --release --features cuda -p aside-server --bin aside \
   --manifest-path "$root/Cargo.toml" --target-dir "$target" >&2
 echo "$target/release/aside"

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aside_backbone::candle_core::{DType, Device, Result as CResult, Tensor};
 use aside_backbone::cpu::BottleneckWeights;
@@ -22,9 +22,11 @@ pub struct Bottleneck {
     pub down_b: Tensor,
     pub up_w: Tensor,
     pub up_b: Tensor,
-    /// The weights laid out for the CPU kernel, built once with the adapter; `None`
-    /// for trainable (variable) weights and off the f32 CPU path.
-    prepared: Option<Arc<BottleneckWeights>>,
+    /// The weights laid out for the CPU kernel: built by this bottleneck the first
+    /// time it serves on the f32 CPU path (an adapter that is only stored, or served
+    /// on a GPU, never pays for it), then kept with it; `None` inside for trainable
+    /// (variable) weights.
+    prepared: OnceLock<Option<Arc<BottleneckWeights>>>,
 }
 
 impl Bottleneck {
@@ -36,27 +38,29 @@ impl Bottleneck {
             g("up.weight"),
             g("up.bias"),
         );
-        // The shapes were validated: a failure here can only leave the candle path.
-        let prepared = ops::prepare_bottleneck(&down_w, &down_b, &up_w, &up_b)
-            .ok()
-            .flatten()
-            .map(Arc::new);
         Bottleneck {
             down_w,
             down_b,
             up_w,
             up_b,
-            prepared,
+            prepared: OnceLock::new(),
         }
     }
 
     /// `target + BN(x)`, for `x` and `target` `[..., d]`. Served through the fused
-    /// CPU kernel (one pass per row, the hidden values never leave registers) when
-    /// the weights were prepared for it; trainable (variable) weights and other
-    /// devices or types take candle's ops.
+    /// CPU kernel (one pass per row, the hidden values never leave registers) on f32
+    /// CPU tensors; trainable (variable) weights and other devices or types take
+    /// candle's ops.
     pub fn add_to(&self, target: &Tensor, x: &Tensor, act: Activation) -> CResult<Tensor> {
-        if let Some(w) = &self.prepared {
-            if ops::usable(&[x, target]) {
+        if ops::usable(&[x, target]) {
+            // The shapes were validated: a failure here can only leave candle's ops.
+            let prepared = self.prepared.get_or_init(|| {
+                ops::prepare_bottleneck(&self.down_w, &self.down_b, &self.up_w, &self.up_b)
+                    .ok()
+                    .flatten()
+                    .map(Arc::new)
+            });
+            if let Some(w) = prepared {
                 return ops::bottleneck(target, x, w, act.epilogue());
             }
         }
