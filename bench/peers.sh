@@ -14,7 +14,7 @@
 # (2) timed passes a round. Serving: POST of one query at a time from CONC (32)
 # connections for DURATION (20s) with oha, the 300 SciFact test queries in turn.
 # PRECISIONS (default "f32 int8 int8-fast"; int8 needs AVX-512 VNNI); DEVICE (cpu)
-# for aside. Each run's output lands in OUT (default bench/results/peers-DATE/);
+# for aside. Each run's output lands in OUT (default docs/results/peers/);
 # the last lines are the table the README's peer table is built from.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,7 +25,7 @@ precisions="${PRECISIONS:-f32 int8 int8-fast}"
 aside="${ASIDE:-target/release/aside}"
 oha="${OHA:-oha}"
 model="${MODEL:-models/all-MiniLM-L6-v2}"
-out="${OUT:-bench/results/peers-$(date +%Y%m%d-%H%M)}"
+out="${OUT:-docs/results/peers}"
 mkdir -p "$out"
 command -v "$oha" >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
 scripts/fetch-model.sh >/dev/null

@@ -249,7 +249,7 @@ pub(crate) fn bottleneck_on(
 ) {
     let d = w.d;
     assert!(
-        out.len() == t.len() && t.len() == xs.len() && t.len() % d.max(1) == 0,
+        out.len() == t.len() && t.len() == xs.len() && t.len().is_multiple_of(d.max(1)),
         "bottleneck: out {}, target {}, x {} values for rows of {d}",
         out.len(),
         t.len(),

@@ -46,7 +46,10 @@ pub fn add_layer_norm(
 ) {
     let d = gamma.len();
     assert!(
-        out.len() == x.len() && x.len() == y.len() && beta.len() == d && x.len() % d.max(1) == 0,
+        out.len() == x.len()
+            && x.len() == y.len()
+            && beta.len() == d
+            && x.len().is_multiple_of(d.max(1)),
         "add_layer_norm: out {}, x {}, y {}, gamma {d}, beta {}",
         out.len(),
         x.len(),
