@@ -8,7 +8,8 @@
 # alternated ROUNDS times, so drift on a shared machine hits them alike.
 #
 #   bench/peers.sh BEIR_SCIFACT_DIR      (needs python3 and oha; first run installs
-#                                         the peers into .peers-venv/, ~2 GB)
+#                                         the peers into .peers-venv/ and
+#                                         .infinity-venv/, a few GB)
 #
 # Encoding: the corpus's first DOCS (512) documents, batch 32, every core, REPEATS
 # (2) timed passes a round. Serving: POST of one query at a time from CONC (32)
@@ -31,15 +32,22 @@ command -v "$oha" >/dev/null || { echo "oha not found: cargo install oha" >&2; e
 scripts/fetch-model.sh >/dev/null
 [[ -x $aside ]] || cargo build --release -p aside-server --bin aside
 
-venv="${PEERS_VENV:-.peers-venv}"
-pins="torch sentence-transformers onnx onnxruntime infinity-emb[server]==0.0.78"
-if [[ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]]; then
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $pins
-  echo "$pins" >"$venv/.pins"
-fi
+# Two virtualenvs: infinity-emb 0.0.78 needs transformers < 5, today's
+# sentence-transformers needs 5 (pip's wheel cache makes the second torch cheap).
+venv_for() { # DIR PINS...
+  local dir="$1"; shift
+  if [[ "$(cat "$dir/.pins" 2>/dev/null)" != "$*" ]]; then
+    python3 -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
+    echo "$*" >"$dir/.pins"
+  fi
+}
+venv="${PEERS_VENV:-.peers-venv}" ivenv="${INFINITY_VENV:-.infinity-venv}"
+venv_for "$venv" torch sentence-transformers onnx onnxscript onnxruntime
+venv_for "$ivenv" "infinity-emb[server,torch]==0.0.78" "transformers<5"
 py="$venv/bin/python"
-"$py" -m pip freeze 2>/dev/null | grep -iE '^(torch|sentence-transformers|onnxruntime|infinity-emb)==' >"$out/versions.txt" || true
+{ "$py" -m pip freeze; "$ivenv/bin/python" -m pip freeze | grep -i '^infinity-emb=='; } 2>/dev/null |
+  grep -iE '^(torch|transformers|sentence-transformers|onnxruntime|infinity[-_]emb)==' >"$out/versions.txt" || true
 tmp="$(mktemp -d)"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
@@ -72,7 +80,7 @@ for r in $(seq "$rounds"); do
   done
 
   echo "== round $r: single-query serving ($conc connections, $dur)"
-  HF_HUB_OFFLINE=1 "$venv/bin/infinity_emb" v2 --model-id "$model" --served-model-name minilm \
+  HF_HUB_OFFLINE=1 "$ivenv/bin/infinity_emb" v2 --model-id "$model" --served-model-name minilm \
     --port 18111 --engine torch --device cpu --batch-size 32 >"$out/infinity-$r.log" 2>&1 &
   pids+=($!)
   wait_up http://127.0.0.1:18111/health
