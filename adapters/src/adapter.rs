@@ -273,7 +273,7 @@ impl Adapter {
     /// on the CPU, else a copy on its device in its type ([`Adapter::to_device`]).
     pub fn for_backbone(self, backbone: &aside_backbone::Backbone) -> Result<Adapter> {
         let bert = backbone.bert();
-        if bert.device().is_cpu() && bert.dtype() == DType::F32 {
+        if bert.cpu_f32() {
             return Ok(self);
         }
         self.to_device(bert.device(), bert.dtype(), &Dims::of(backbone))

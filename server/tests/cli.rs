@@ -1,5 +1,5 @@
 //! The `aside` command line, run as a real process: the `embed` contract, adapters,
-//! `adapter inspect` and `adapter convert`.
+//! `adapter inspect` and `adapter convert`, `--device` and the f16/bf16 precisions.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -311,4 +311,84 @@ fn without_a_model_the_cli_says_once_how_to_pass_one() {
     assert_eq!(err.matches("pass --model").count(), 1, "{err}");
     assert_eq!(err.matches("fetch-model.sh").count(), 1, "{err}");
     assert!(!elsewhere.path().join("a.safetensors").exists());
+}
+
+fn embedding(out: &Output) -> Vec<f32> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines(out)[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// An adapter is placed for a bf16 backbone (moved to its type once) and embeds
+/// within 0.999 of f32.
+#[test]
+fn an_adapter_is_placed_for_a_bf16_backbone_and_embeds_close_to_f32() {
+    let (m, path, _) = tiny_with_iaa(11);
+    let model = m.path().to_str().unwrap();
+    let input = "{\"id\": 1, \"text\": \"the cell is a protein\"}\n";
+    let args = |p: &'static str| {
+        vec![
+            "embed",
+            "--model",
+            model,
+            "--max-length",
+            "64",
+            "--adapter",
+            path.to_str().unwrap(),
+            "--precision",
+            p,
+        ]
+    };
+    let f32v = embedding(&run(&args("f32"), input));
+    let bf16v = embedding(&run(&args("bf16"), input));
+    let bare = embedding(&run(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--max-length",
+            "64",
+            "--precision",
+            "bf16",
+        ],
+        input,
+    ));
+    let cos = aside_backbone::pooling::cosine(&f32v, &bf16v);
+    assert!(cos >= 0.999, "bf16 with the adapter: cosine {cos} to f32");
+    assert!(
+        aside_backbone::pooling::cosine(&bare, &bf16v) < 0.9999,
+        "the adapter changed nothing in bf16"
+    );
+}
+
+/// A name that is not a device, a GPU for training, and a GPU asked of a build
+/// without the `cuda` feature are each refused by name.
+#[test]
+fn devices_that_cannot_serve_are_refused_by_name() {
+    let input = "{\"id\": 1, \"text\": \"hello\"}\n";
+    let err = |out: Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = err(run(&["embed", "--device", "gpu"], input));
+    assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+    let e = err(run(
+        &[
+            "train", "--kind", "iaa-l", "--data", "x", "-o", "y", "--device", "cuda",
+        ],
+        "",
+    ));
+    assert!(e.contains("training runs on the CPU"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = err(run(&["embed", "--device", "cuda:1"], input));
+        assert!(e.contains("this build has no GPU support"), "{e}");
+    }
 }

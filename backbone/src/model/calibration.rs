@@ -84,7 +84,7 @@ impl Bert {
         let Some(packing) = precision.packing().filter(|p| p.supported()) else {
             return Ok(Vec::new());
         };
-        if !self.device.is_cpu() || self.dtype != candle_core::DType::F32 {
+        if !self.cpu_f32() {
             return Ok(Vec::new());
         }
         let pack = |t: &Tensor, r: Option<&Vec<f32>>| -> Result<PackedWeight> {

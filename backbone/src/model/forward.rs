@@ -35,7 +35,7 @@ impl Path<'_> {
 impl Bert {
     /// The code that runs a forward pass in `mode` on this model.
     pub(super) fn path(&self, mode: Mode) -> Path<'_> {
-        if !self.device.is_cpu() || self.dtype != DType::F32 {
+        if !self.cpu_f32() {
             Path::Device
         } else if mode == Mode::Inference {
             Path::Kernels(&self.packed)

@@ -254,51 +254,75 @@ impl Bert {
         if dtype == self.dtype {
             return Ok(self);
         }
-        let c = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
-        let n = |x: &Named| -> Result<Named> {
-            Ok(Named {
-                name: x.name.clone(),
-                t: c(&x.t)?,
-            })
-        };
         // LayerNorm runs in f32 whatever the type (see the layer's `norm`): its
         // tensors stay f32.
-        let norm = |x: &Norm| -> Result<Norm> { Ok(x.clone()) };
+        self.map_weights(|t| Ok(t.to_dtype(dtype)?), |t| Ok(t.clone()), dtype)
+    }
+
+    /// A copy with `weight` applied to every tensor but the LayerNorms' and `norm` to
+    /// those, held as `dtype`, with nothing packed; the stacked query/key/value bias is
+    /// rebuilt from the three mapped biases.
+    pub(super) fn map_weights(
+        &self,
+        weight: impl Fn(&Tensor) -> Result<Tensor>,
+        norm: impl Fn(&Tensor) -> Result<Tensor>,
+        dtype: DType,
+    ) -> Result<Bert> {
+        let named = |x: &Named, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Named> {
+            Ok(Named {
+                name: x.name.clone(),
+                t: f(&x.t)?,
+            })
+        };
+        let n = |x: &Named| named(x, &weight);
+        let ln = |x: &Norm| -> Result<Norm> {
+            Ok(Norm {
+                weight: named(&x.weight, &norm)?,
+                bias: named(&x.bias, &norm)?,
+            })
+        };
         let dense = |x: &Dense| -> Result<Dense> {
             Ok(Dense {
-                weight: c(&x.weight)?,
+                weight: weight(&x.weight)?,
                 bias: n(&x.bias)?,
             })
         };
-        let layers = self
-            .layers
-            .iter()
-            .map(|ly| {
-                Ok(Layer {
-                    qkv: c(&ly.qkv)?,
-                    qkv_bias: c(&ly.qkv_bias)?,
-                    q_bias: n(&ly.q_bias)?,
-                    k_bias: n(&ly.k_bias)?,
-                    v_bias: n(&ly.v_bias)?,
-                    attn_out: dense(&ly.attn_out)?,
-                    ln1: norm(&ly.ln1)?,
-                    inter: dense(&ly.inter)?,
-                    out: dense(&ly.out)?,
-                    ln2: norm(&ly.ln2)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for ly in &self.layers {
+            let (q_bias, k_bias, v_bias) = (n(&ly.q_bias)?, n(&ly.k_bias)?, n(&ly.v_bias)?);
+            layers.push(Layer {
+                qkv: weight(&ly.qkv)?,
+                qkv_bias: Tensor::cat(&[&q_bias.t, &k_bias.t, &v_bias.t], 0)?,
+                q_bias,
+                k_bias,
+                v_bias,
+                attn_out: dense(&ly.attn_out)?,
+                ln1: ln(&ly.ln1)?,
+                inter: dense(&ly.inter)?,
+                out: dense(&ly.out)?,
+                ln2: ln(&ly.ln2)?,
+            });
+        }
         Ok(Bert {
-            word: c(&self.word)?,
-            position: c(&self.position)?,
-            token_type: c(&self.token_type)?,
-            emb_ln: norm(&self.emb_ln)?,
+            config: self.config.clone(),
+            act: self.act,
+            device: self.device.clone(),
+            word: weight(&self.word)?,
+            position: weight(&self.position)?,
+            token_type: weight(&self.token_type)?,
+            emb_ln: ln(&self.emb_ln)?,
             layers,
-            // Packed f32 weights serve the f32 CPU kernels only.
+            shapes: self.shapes.clone(),
+            // Packed f32 weights serve the f32 CPU kernels only; callers pack anew.
             packed: Vec::new(),
             dtype,
-            ..self
         })
+    }
+
+    /// Whether this model computes in f32 on the CPU: its own kernels may run, and
+    /// adapters serve with the tensors they were loaded with.
+    pub fn cpu_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
     }
 
     /// The type the weights are held and computed in.

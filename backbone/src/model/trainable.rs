@@ -117,53 +117,7 @@ impl Bert {
     /// trained), fit for the fast inference path.
     pub fn frozen_copy(&self) -> Result<Bert> {
         let c = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().copy()?) };
-        let n = |x: &Named| -> Result<Named> {
-            Ok(Named {
-                name: x.name.clone(),
-                t: c(&x.t)?,
-            })
-        };
-        let norm = |x: &Norm| -> Result<Norm> {
-            Ok(Norm {
-                weight: n(&x.weight)?,
-                bias: n(&x.bias)?,
-            })
-        };
-        let dense = |x: &Dense| -> Result<Dense> {
-            Ok(Dense {
-                weight: c(&x.weight)?,
-                bias: n(&x.bias)?,
-            })
-        };
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for ly in &self.layers {
-            let (q_bias, k_bias, v_bias) = (n(&ly.q_bias)?, n(&ly.k_bias)?, n(&ly.v_bias)?);
-            layers.push(Layer {
-                qkv: c(&ly.qkv)?,
-                qkv_bias: Tensor::cat(&[&q_bias.t, &k_bias.t, &v_bias.t], 0)?,
-                q_bias,
-                k_bias,
-                v_bias,
-                attn_out: dense(&ly.attn_out)?,
-                ln1: norm(&ly.ln1)?,
-                inter: dense(&ly.inter)?,
-                out: dense(&ly.out)?,
-                ln2: norm(&ly.ln2)?,
-            });
-        }
-        let mut bert = Bert {
-            config: self.config.clone(),
-            act: self.act,
-            device: self.device.clone(),
-            word: c(&self.word)?,
-            position: c(&self.position)?,
-            token_type: c(&self.token_type)?,
-            emb_ln: norm(&self.emb_ln)?,
-            layers,
-            shapes: self.shapes.clone(),
-            packed: Vec::new(),
-            dtype: self.dtype,
-        };
+        let mut bert = self.map_weights(c, c, self.dtype)?;
         bert.packed = bert.pack(Precision::F32, None)?;
         Ok(bert)
     }

@@ -364,7 +364,6 @@ pub struct Placed {
         aside_adapters::Dims,
     )>,
     budget: usize,
-    bytes: usize,
     clock: u64,
     /// By the registry adapter's address: (that adapter, its copy, bytes, last use).
     copies: HashMap<usize, (Weak<Adapter>, Arc<Adapter>, usize, u64)>,
@@ -373,19 +372,16 @@ pub struct Placed {
 impl Placed {
     pub fn new(b: &Backbone, budget: usize) -> Self {
         let bert = b.bert();
-        let target = (!(bert.device().is_cpu()
-            && bert.dtype() == aside_backbone::candle_core::DType::F32))
-            .then(|| {
-                (
-                    bert.device().clone(),
-                    bert.dtype(),
-                    aside_adapters::Dims::of(b),
-                )
-            });
+        let target = (!bert.cpu_f32()).then(|| {
+            (
+                bert.device().clone(),
+                bert.dtype(),
+                aside_adapters::Dims::of(b),
+            )
+        });
         Placed {
             target,
             budget,
-            bytes: 0,
             clock: 0,
             copies: HashMap::new(),
         }
@@ -393,7 +389,7 @@ impl Placed {
 
     /// Bytes of copies held.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.copies.values().map(|c| c.2).sum()
     }
 
     /// Copies held.
@@ -427,8 +423,8 @@ impl Placed {
         let size = copy.size_bytes();
         self.copies
             .insert(key, (Arc::downgrade(a), copy.clone(), size, self.clock));
-        self.bytes = self.copies.values().map(|c| c.2).sum();
-        while self.bytes > self.budget && self.copies.len() > 1 {
+        let mut bytes = self.bytes();
+        while bytes > self.budget && self.copies.len() > 1 {
             let Some(oldest) = self
                 .copies
                 .iter()
@@ -439,7 +435,7 @@ impl Placed {
                 break;
             };
             if let Some(c) = self.copies.remove(&oldest) {
-                self.bytes -= c.2;
+                bytes -= c.2;
             }
         }
         Ok(Some(copy))
