@@ -14,7 +14,10 @@
 # (default 200) for the fixed-rate run; ROUNDS (default 3). MODES (default dense)
 # lists the search modes to load, each in turn ("dense lexical hybrid" measures what
 # BM25 and fusion add), each also from one client at a time (no queueing: p50 is
-# the time of one search).
+# the time of one search); SEARCH_ROUNDS (default 1) repeats the search runs, the
+# modes alternated within each round. KEEP=DIR serves from DIR and keeps it: a
+# second run on the same DIR neither uploads the adapters nor indexes the corpus
+# again (e.g. to compare two builds, ASIDE=… on one indexed collection).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data="${1:?usage: bench/load.sh BEIR_SCIFACT_DIR}"
@@ -25,35 +28,46 @@ port="${PORT:-18090}"
 dur="${DURATION:-30s}"
 rate="${RATE:-200}"
 rounds="${ROUNDS:-3}"
+search_rounds="${SEARCH_ROUNDS:-1}"
 tmp="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-"$aside" serve --port "$port" --grpc-port 0 --data-dir "$tmp/data" \
+datadir="${KEEP:-$tmp/data}"
+"$aside" serve --port "$port" --grpc-port 0 --data-dir "$datadir" \
   --precision "${PRECISION:-f32}" --device "${DEVICE:-cpu}" 2> "$tmp/server.log" &
 pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 300); do curl -sf "$base/health" > /dev/null && break; sleep 0.2; done
 
 for i in $(seq 0 15); do
+  # A kept data dir has them already (uploading a0 again would re-embed the corpus).
+  curl -sf "$base/v1/adapters/a$i" > /dev/null && continue
   "$aside" adapter init --kind iaa-l --r 12 --ar 12 --seed "$i" -o "$tmp/a$i.safetensors" 2> /dev/null
   curl -sf -X PUT --data-binary "@$tmp/a$i.safetensors" "$base/v1/adapters/a$i" > /dev/null
 done
-curl -sf -X PUT "$base/v1/collections/scifact" -H 'content-type: application/json' -d '{"adapter": "a0"}' > /dev/null
+index=1
+if curl -sf "$base/v1/collections/scifact" > /dev/null; then
+  index=0
+else
+  curl -sf -X PUT "$base/v1/collections/scifact" -H 'content-type: application/json' -d '{"adapter": "a0"}' > /dev/null
+fi
 
 # Index the corpus; write the request bodies, one JSON per line, cycling through the
 # 300 test queries (the embed bodies for 16 adapters name a0 .. a15 in turn).
 modes="${MODES:-dense}"
-python3 - "$data" "$base" "$tmp" "${DOCS:-0}" "$modes" <<'PY'
+python3 - "$data" "$base" "$tmp" "${DOCS:-0}" "$modes" "$index" <<'PY'
 import json, sys, time, urllib.request
 data, base, tmp, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 docs = [json.loads(l) for l in open(f"{data}/corpus.jsonl")]
 docs = docs[:limit] if limit > 0 else docs
+docs = docs if sys.argv[6] == "1" else []
 t0 = time.time()
 for i in range(0, len(docs), 100):
     body = {"documents": [{"id": d["_id"], "text": (d["title"] + " " + d["text"]).strip()} for d in docs[i:i + 100]]}
     req = urllib.request.Request(f"{base}/v1/collections/scifact/documents", json.dumps(body).encode(),
                                  {"content-type": "application/json"})
     urllib.request.urlopen(req, timeout=600).read()
-print(f"indexed {len(docs)} documents over HTTP in {time.time() - t0:.0f} s", file=sys.stderr)
+if docs:
+    print(f"indexed {len(docs)} documents over HTTP in {time.time() - t0:.0f} s", file=sys.stderr)
 ids = {l.split("\t")[0] for l in list(open(f"{data}/qrels/test.tsv"))[1:]}
 qs = [json.loads(l)["text"] for l in open(f"{data}/queries.jsonl") if json.loads(l)["_id"] in ids]
 for mode in sys.argv[5].split():
@@ -86,19 +100,22 @@ load() {
 # Warm-up (not reported).
 first="${modes%% *}"
 DUR="$dur"; dur=5s; load warmup /v1/collections/scifact/search "$tmp/search-$first.txt"; dur="$DUR"
-for m in $modes; do
-  load "search-$m" /v1/collections/scifact/search "$tmp/search-$m.txt"
-  load "search-rate-$m" /v1/collections/scifact/search "$tmp/search-$m.txt" -q "$rate" --latency-correction
-  conc=1 load "search-one-$m" /v1/collections/scifact/search "$tmp/search-$m.txt"
+for sr in $(seq 1 "$search_rounds"); do
+  for m in $modes; do
+    load "search-$m-$sr" /v1/collections/scifact/search "$tmp/search-$m.txt"
+    load "search-rate-$m-$sr" /v1/collections/scifact/search "$tmp/search-$m.txt" -q "$rate" --latency-correction
+    conc=1 load "search-one-$m-$sr" /v1/collections/scifact/search "$tmp/search-$m.txt"
+  done
 done
 for r in $(seq 1 "$rounds"); do
   load "embed1-$r" /v1/embed "$tmp/embed1.txt"
   load "embed16-$r" /v1/embed "$tmp/embed16.txt"
 done
 
-python3 - "$tmp" "$rounds" "$rate" "${PRECISION:-f32}" "$modes" <<'PY'
+python3 - "$tmp" "$rounds" "$rate" "${PRECISION:-f32}" "$modes" "$search_rounds" <<'PY'
 import json, statistics, sys
 tmp, rounds, rate, precision, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].split()
+search_rounds = int(sys.argv[6])
 def run(name):
     j = json.load(open(f"{tmp}/{name}.json"))
     s, p = j["summary"], j["latencyPercentiles"]
@@ -111,13 +128,15 @@ def run(name):
     steal = 100 * (st1 - st0) / max(t1 - t0, 1)
     return s["requestsPerSec"], 1000 * p["p50"], 1000 * p["p99"], bad, n, cpu_ms, steal
 print(f"precision {precision}, concurrency 32")
-for m in modes:
-    for name, what in [(f"search-{m}", f"search {m}, saturated"),
-                       (f"search-rate-{m}", f"search {m}, fixed {rate} req/s"),
-                       (f"search-one-{m}", f"search {m}, one client")]:
-        rps, p50, p99, bad, n, cpu, steal = run(name)
-        print(f"{what}: {rps:.1f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} requests, "
-              f"{bad} not 2xx); server CPU {cpu:.2f} ms/request; steal {steal:.0f}%")
+for sr in range(1, search_rounds + 1):
+    for m in modes:
+        for name, what in [(f"search-{m}-{sr}", f"search {m}, saturated"),
+                           (f"search-rate-{m}-{sr}", f"search {m}, fixed {rate} req/s"),
+                           (f"search-one-{m}-{sr}", f"search {m}, one client")]:
+            rps, p50, p99, bad, n, cpu, steal = run(name)
+            at = f"round {sr}, " if search_rounds > 1 else ""
+            print(f"{at}{what}: {rps:.1f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} requests, "
+                  f"{bad} not 2xx); server CPU {cpu:.2f} ms/request; steal {steal:.0f}%")
 if rounds == 0:
     sys.exit(0)
 for k, what in [(1, "1 adapter:  "), (16, "16 adapters:")]:

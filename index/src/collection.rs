@@ -298,7 +298,7 @@ struct State {
     tombstones: usize,
     /// With a lexical index: the live documents' lexical keys → slot.
     lexical: bool,
-    lex_keys: HashMap<u64, usize>,
+    lex_keys: crate::lexical::KeyMap<usize>,
 }
 
 struct Writer {
@@ -349,7 +349,7 @@ impl State {
             indexed: AtomicUsize::new(0),
             tombstones: 0,
             lexical: cfg.lexical.is_some(),
-            lex_keys: HashMap::new(),
+            lex_keys: Default::default(),
         }
     }
 
@@ -1031,7 +1031,7 @@ impl Collection {
                 .is_none_or(|f| f.matches(&st.docs[id].metadata))
                 .then_some(slot)
         };
-        let scored = lx.search(req.text, req.k, &resolve)?;
+        let scored = lx.search(req.text, req.k, req.filter.is_some(), &resolve)?;
         Ok(st.hits(scored, req.k, req.threshold))
     }
 }

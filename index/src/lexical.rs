@@ -151,6 +151,30 @@ pub(crate) fn key(id: &str, text: &str) -> u64 {
     u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
+/// Hashes a lexical key by taking it as it is: keys are already the leading bytes
+/// of a sha256, so hashing them again (SipHash) would only cost time on the search
+/// path, where every top document's key is looked up.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; this path keeps any other use correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Lexical key → slot, hashed by [`KeyHasher`].
+pub(crate) type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// A change the lexical index has to follow.
 #[derive(Debug, Clone)]
 pub(crate) enum LexOp {
@@ -505,11 +529,13 @@ impl Lexical {
     }
 
     /// The `k` best (BM25 score, slot) for `query`; `resolve` gives the slot of a key
-    /// that is live and accepted (filter), None otherwise.
+    /// that is live and accepted (filter), None otherwise. `selective`: a filter
+    /// applies, so many of tantivy's top documents may be refused.
     pub(crate) fn search(
         &self,
         query: &str,
         k: usize,
+        selective: bool,
         resolve: &dyn Fn(u64) -> Option<usize>,
     ) -> Result<Vec<(f32, usize)>> {
         let terms = terms(&self.analyzer, query);
@@ -542,7 +568,11 @@ impl Lexical {
             .map(|s| s.fast_fields().u64("key"))
             .collect::<tantivy::Result<Vec<_>>>()
             .map_err(lex_err("reading keys"))?;
-        let mut n = k * 2 + 16;
+        // Unfiltered, the only refused documents are versions deleted or replaced
+        // since the last commit (still in the searcher): a few spare places, then
+        // the search widens if even those were not enough. A smaller n lets
+        // tantivy's block-max WAND skip more. Filtered, start wider.
+        let mut n = if selective { k * 2 + 16 } else { k + 16 };
         loop {
             let top = v
                 .searcher

@@ -179,6 +179,40 @@ fn replacements_deletes_and_filters_apply() {
 }
 
 #[test]
+fn deleted_versions_still_in_the_searcher_never_crowd_out_live_documents() {
+    // 40 documents that BM25 ranks first, committed, then deleted: until the next
+    // commit tantivy's searcher still holds them, ahead of every live document.
+    // An unfiltered search widens past them and still answers k live documents.
+    let dir = tempfile::tempdir().unwrap();
+    let ix = Index::open(dir.path()).unwrap();
+    let c = ix.create(config("stale")).unwrap();
+    let mut docs: Vec<Doc> = (0..40)
+        .map(|i| doc(&format!("hot{i}"), "zeta zeta zeta", json!({})))
+        .collect();
+    docs.extend((0..20).map(|i| {
+        doc(
+            &format!("live{i}"),
+            &format!("zeta filler{i} words here"),
+            json!({}),
+        )
+    }));
+    c.upsert(docs).unwrap();
+    committed(&c);
+    assert!(search(&c, "zeta", 5, None)
+        .iter()
+        .all(|(id, _)| id.starts_with("hot")));
+    let hot: Vec<String> = (0..40).map(|i| format!("hot{i}")).collect();
+    c.delete(&hot).unwrap();
+    for k in [1, 5, 20] {
+        let got = search(&c, "zeta", k, None);
+        assert_eq!(got.len(), k, "k {k}: {got:?}");
+        assert!(got.iter().all(|(id, _)| id.starts_with("live")), "{got:?}");
+    }
+    committed(&c);
+    assert_eq!(search(&c, "zeta", 100, None).len(), 20);
+}
+
+#[test]
 fn reopen_rebuilds_a_damaged_or_missing_index_and_catches_up_after_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let before;
