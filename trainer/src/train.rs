@@ -758,7 +758,9 @@ impl<'a> Trainer<'a> {
             }
             parts.push(v);
         }
-        let all = Tensor::cat(&parts, 0)?;
+        // One chunk is returned as it is: CLS pooling leaves a strided view, which
+        // index_select refuses.
+        let all = Tensor::cat(&parts, 0)?.contiguous()?;
         let mut inverse = vec![0u32; enc.len()];
         for (pos, &i) in order.iter().enumerate() {
             inverse[i] = pos as u32;

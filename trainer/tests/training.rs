@@ -604,3 +604,26 @@ fn graded_judgements_below_the_minimum_neither_train_nor_count_as_negatives() {
     .to_string();
     assert!(err.contains("grade 3"), "{err}");
 }
+
+#[test]
+fn a_last_batch_of_one_query_trains_in_every_task() {
+    // Batches one short of the training queries: each epoch ends on a batch of one
+    // query (one positive and its negatives: a 1 × group score matrix for rerank).
+    let f = fixture();
+    let data = set(&f, 0);
+    let n = data.train_queries.len();
+    assert!(n > 2);
+    for task in [Task::Rerank, Task::Retrieval] {
+        let mut m = meta(Kind::IaaL, Some(4), Some(8));
+        m.task = task;
+        let mut cfg = config(task, 1e-3);
+        cfg.sample = Sample::Queries;
+        cfg.batch_size = n - 1;
+        cfg.negatives = 3;
+        cfg.epochs = 2;
+        let mut t = Trainer::new(&f.backbone, &data, Target::Adapter(m), cfg).unwrap();
+        t.run(&mut quiet()).unwrap();
+        assert_eq!(t.steps.len(), 4, "{task:?}");
+        assert!(t.steps.iter().all(|s| s.loss.is_finite()), "{task:?}");
+    }
+}
