@@ -307,6 +307,9 @@ struct Writer {
 }
 
 pub struct Collection {
+    /// This process's hold on the directory ([`lock_dir`]), released when its last
+    /// handle is dropped or the process ends.
+    _lock: Arc<DirLock>,
     dir: PathBuf,
     config: RwLock<CollectionConfig>,
     state: RwLock<State>,
@@ -551,6 +554,92 @@ impl State {
     }
 }
 
+/// This process's hold on one collection directory: an advisory `flock` on its
+/// `LOCK` file, which the kernel releases when the process ends, however it ends.
+/// Every handle this process opens on the directory shares the one lock (keyed by
+/// the file's device and inode, which a rename keeps), so a collection reopened
+/// while an old handle lives on (a promotion, a test) is not locked out by itself;
+/// another process is.
+pub(crate) struct DirLock {
+    key: (u64, u64),
+    _file: std::fs::File,
+}
+
+type HeldLocks = HashMap<(u64, u64), std::sync::Weak<DirLock>>;
+
+fn held_locks() -> &'static Mutex<HeldLocks> {
+    static HELD: std::sync::OnceLock<Mutex<HeldLocks>> = std::sync::OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let mut held = held_locks().lock();
+        if held.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            held.remove(&self.key);
+        }
+    }
+}
+
+/// Takes `dir/LOCK` for this process (see [`DirLock`]). Another process holding it
+/// (a second server on the same data directory) gets [`IndexError::InUse`] instead
+/// of reading a log that is being written — replay would cut the torn tail of a
+/// write in flight. A hold being let go in this process right now is waited for
+/// (up to two seconds).
+pub(crate) fn lock_dir(dir: &Path) -> Result<Arc<DirLock>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join("LOCK");
+    let start = std::time::Instant::now();
+    loop {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let meta = file.metadata().map_err(io_err(&path))?;
+        let key = (meta.dev(), meta.ino());
+        let mut held = held_locks().lock();
+        if let Some(lock) = held.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(lock);
+        }
+        match file.try_lock() {
+            Ok(()) => {
+                let lock = Arc::new(DirLock { key, _file: file });
+                held.insert(key, Arc::downgrade(&lock));
+                return Ok(lock);
+            }
+            Err(std::fs::TryLockError::WouldBlock)
+                if start.elapsed() < std::time::Duration::from_secs(2) =>
+            {
+                drop(held);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(IndexError::InUse(format!(
+                    "collection directory {}",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(IndexError::Io { path, source: e }),
+        }
+    }
+}
+
+/// Whether another process holds `dir`'s LOCK right now (without waiting).
+pub(crate) fn locked_elsewhere(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = std::fs::File::options().write(true).open(dir.join("LOCK")) else {
+        return false;
+    };
+    let held = held_locks().lock();
+    let ours = file.metadata().is_ok_and(|m| {
+        held.get(&(m.dev(), m.ino()))
+            .is_some_and(|w| w.strong_count() > 0)
+    });
+    !ours && matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 impl Collection {
     /// Creates a new, empty collection in `dir` (which must not exist yet).
     pub(crate) fn create(dir: &Path, config: CollectionConfig) -> Result<Arc<Self>> {
@@ -579,6 +668,9 @@ impl Collection {
     }
 
     fn open_with(dir: &Path, staging: bool) -> Result<Arc<Self>> {
+        // First of all: reading the log may cut a torn tail, which must never be
+        // another process's write in flight.
+        let lock = lock_dir(dir)?;
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(io_err(&mpath))?;
         let m: Manifest = serde_json::from_str(&text)
@@ -637,6 +729,7 @@ impl Collection {
         };
         let wal = Arc::new(Wal::open(wal::segment_path(dir, gen))?);
         let c = Arc::new(Collection {
+            _lock: lock,
             dir: dir.to_owned(),
             config: RwLock::new(config),
             state: RwLock::new(state),

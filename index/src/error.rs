@@ -46,6 +46,8 @@ pub enum IndexError {
     TooLarge(String),
     #[error("the store is unreachable: {0}")]
     Unavailable(String),
+    #[error("{0} is open in another process (its LOCK file is held): two processes writing one collection's log would corrupt it")]
+    InUse(String),
     #[error("{0}")]
     Backend(String),
 }

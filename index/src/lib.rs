@@ -105,6 +105,14 @@ impl Index {
         for e in entries.iter() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
+                // Another process's work in progress (a staging copy it fills):
+                // neither restored nor removed.
+                if collection::locked_elsewhere(&e.path()) {
+                    warnings.push(format!(
+                        "{name}: left alone, another process holds its lock"
+                    ));
+                    continue;
+                }
                 // `.deleted-X` without `X` is a replacement cut short between its two
                 // renames: the old collection is put back (its re-embedding restarts).
                 if let Some(orig) = name.strip_prefix(".deleted-") {

@@ -524,3 +524,58 @@ both_engines! {
     concurrent_readers_during_writes => concurrent_readers_during_writes_hnsw_rs,
     sigkill_during_heavy_writes_keeps_every_acknowledged_write => sigkill_during_heavy_writes_keeps_every_acknowledged_write_hnsw_rs,
 }
+
+#[test]
+fn a_collection_written_by_one_process_is_not_opened_by_another() {
+    // A second server on the same data directory: opening the collection would
+    // replay the log being written (and cut the torn tail of a write in flight),
+    // and clear away the staging copy being filled as a leftover. It gets neither.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crash_writer"))
+        .args([dir.path().to_str().unwrap(), "graph", "staging"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(Ok(l)) = lines.next() {
+        if l == "ack 5" {
+            break;
+        }
+    }
+    let second = Index::open(dir.path()).unwrap();
+    let why = second
+        .failed()
+        .get("crash")
+        .expect("opened while another process writes it");
+    assert!(why.contains("another process"), "{why}");
+    assert!(second.get("crash").is_err());
+    assert!(
+        second
+            .warnings()
+            .iter()
+            .any(|w| w.contains(".staging-crash")),
+        "{:?}",
+        second.warnings()
+    );
+    assert!(dir.path().join(".staging-crash/manifest.json").is_file());
+    child.kill().unwrap(); // SIGKILL: the kernel lets go of the lock
+    child.wait().unwrap();
+    let mut acked = 5;
+    for l in lines.map_while(Result::ok) {
+        if let Some(n) = l.strip_prefix("ack ").and_then(|n| n.parse().ok()) {
+            acked = n;
+        }
+    }
+    drop(second);
+    // The writer gone, everything it acknowledged is there, and its staging copy
+    // is cleared away as the leftover it now is.
+    let third = Index::open(dir.path()).unwrap();
+    let c = third.get("crash").unwrap();
+    assert!(
+        c.count() >= (acked + 1) * 20,
+        "{} < {}",
+        c.count(),
+        (acked + 1) * 20
+    );
+    assert!(!dir.path().join(".staging-crash").exists());
+}

@@ -2,7 +2,10 @@
 //! collection as fast as it can and prints `ack N` after batch N is durable, until
 //! it is killed.
 //!
-//!     crash_writer DIR [graph|hnsw_rs]
+//!     crash_writer DIR [graph|hnsw_rs] [staging]
+//!
+//! `staging`: also holds a staging copy of the collection open (as a re-embedding
+//! does) while it writes.
 
 use std::io::Write;
 
@@ -39,6 +42,8 @@ fn main() {
             })
             .expect("create"),
     };
+    let _staging = (std::env::args().nth(3).as_deref() == Some("staging"))
+        .then(|| index.create_staging(c.config()).expect("staging"));
     let mut out = std::io::stdout().lock();
     for batch in 0u64.. {
         let docs = (0..20)

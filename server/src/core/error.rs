@@ -219,9 +219,11 @@ impl From<IndexError> for Error {
             _ if e.is_no_space() => Error::InsufficientStorage {
                 reason: e.to_string(),
             },
-            IndexError::ReadOnly(_) | IndexError::Unavailable(_) => Error::Unavailable {
-                reason: e.to_string(),
-            },
+            IndexError::ReadOnly(_) | IndexError::Unavailable(_) | IndexError::InUse(_) => {
+                Error::Unavailable {
+                    reason: e.to_string(),
+                }
+            }
             IndexError::TooLarge(reason) => Error::TooLarge { reason },
             IndexError::Backend(m) => Error::Internal(m),
             IndexError::Io { .. } | IndexError::Corrupt(_) => Error::Internal(e.to_string()),
