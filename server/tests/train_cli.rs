@@ -653,3 +653,43 @@ fn lr_auto_scores_three_rates_on_the_dev_split_and_trains_at_the_best() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs one"));
 }
+
+#[test]
+fn a_run_that_fails_midway_keeps_a_checkpoint_of_its_steps() {
+    // A learning rate this large makes the loss non-finite within a few steps: the
+    // run fails, naming the cause, and the steps before the failure are kept.
+    let fx = Fx::new();
+    let args = fx.train_args(
+        "nan.safetensors",
+        &[
+            "--kind",
+            "houlsby",
+            "--r",
+            "4",
+            "--epochs",
+            "50",
+            "--lr",
+            "1e12",
+            "--dev-queries",
+            "0",
+            "--warmup",
+            "0",
+        ],
+    );
+    let out = run(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("lower the learning rate"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            fx.dir
+                .path()
+                .join("nan.safetensors.train/checkpoint/state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(state["step"].as_u64().unwrap() >= 1, "{state}");
+    assert!(!fx.dir.path().join("nan.safetensors").exists());
+}

@@ -535,7 +535,29 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         eval_seconds: trainer.evals.first().map_or(0.0, |e| e.seconds),
         prior_seconds: trainer.steps.last().map_or(0.0, |s| s.seconds),
     };
-    let outcome = trainer.run(&mut bar)?;
+    let outcome = match trainer.run(&mut bar) {
+        Ok(o) => o,
+        Err(e) => {
+            if bar.tty {
+                eprintln!();
+            }
+            // The steps done are not thrown away with the run: a checkpoint of them
+            // (as on Ctrl-C) lets `--resume` continue once the cause is fixed.
+            if trainer.steps.len() > done_before {
+                match trainer.checkpoint(&ckpt) {
+                    Ok(()) => {
+                        return Err(e.context(format!(
+                            "training stopped after step {}; the steps done are kept as a checkpoint in {} (the same command with --resume continues from there)",
+                            trainer.steps.len(),
+                            ckpt.display()
+                        )))
+                    }
+                    Err(c) => eprintln!("no checkpoint could be written either: {c:#}"),
+                }
+            }
+            return Err(e);
+        }
+    };
     if bar.tty {
         eprintln!();
     }
