@@ -562,7 +562,8 @@ impl State {
 /// another process is.
 pub(crate) struct DirLock {
     key: (u64, u64),
-    _file: std::fs::File,
+    /// Closed (the flock let go) in `drop`, under the map's lock.
+    file: Option<std::fs::File>,
 }
 
 type HeldLocks = HashMap<(u64, u64), std::sync::Weak<DirLock>>;
@@ -574,22 +575,24 @@ fn held_locks() -> &'static Mutex<HeldLocks> {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
+        // The entry goes and the file closes together, so an opener that finds no
+        // entry never meets this process's own lock.
         let mut held = held_locks().lock();
         if held.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
             held.remove(&self.key);
         }
+        drop(self.file.take());
     }
 }
 
 /// Takes `dir/LOCK` for this process (see [`DirLock`]). Another process holding it
-/// (a second server on the same data directory) gets [`IndexError::InUse`] instead
-/// of reading a log that is being written — replay would cut the torn tail of a
-/// write in flight. A hold being let go in this process right now is waited for
-/// (up to two seconds).
+/// (a second server on the same data directory) gets [`IndexError::InUse`] at once
+/// instead of reading a log that is being written — replay would cut the torn tail
+/// of a write in flight. A hold this process is letting go right now (its last
+/// handle dropped, its entry not yet gone) is waited for.
 pub(crate) fn lock_dir(dir: &Path) -> Result<Arc<DirLock>> {
     use std::os::unix::fs::MetadataExt;
     let path = dir.join("LOCK");
-    let start = std::time::Instant::now();
     loop {
         let file = std::fs::File::options()
             .create(true)
@@ -600,29 +603,29 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<Arc<DirLock>> {
         let meta = file.metadata().map_err(io_err(&path))?;
         let key = (meta.dev(), meta.ino());
         let mut held = held_locks().lock();
-        if let Some(lock) = held.get(&key).and_then(std::sync::Weak::upgrade) {
-            return Ok(lock);
-        }
-        match file.try_lock() {
-            Ok(()) => {
-                let lock = Arc::new(DirLock { key, _file: file });
-                held.insert(key, Arc::downgrade(&lock));
+        if let Some(weak) = held.get(&key) {
+            if let Some(lock) = weak.upgrade() {
                 return Ok(lock);
             }
-            Err(std::fs::TryLockError::WouldBlock)
-                if start.elapsed() < std::time::Duration::from_secs(2) =>
-            {
-                drop(held);
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(IndexError::InUse(format!(
-                    "collection directory {}",
-                    dir.display()
-                )))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(IndexError::Io { path, source: e }),
+            drop(held);
+            std::thread::yield_now();
+            continue;
         }
+        return match file.try_lock() {
+            Ok(()) => {
+                let lock = Arc::new(DirLock {
+                    key,
+                    file: Some(file),
+                });
+                held.insert(key, Arc::downgrade(&lock));
+                Ok(lock)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(IndexError::InUse(format!(
+                "collection directory {}",
+                dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(IndexError::Io { path, source: e }),
+        };
     }
 }
 

@@ -319,11 +319,9 @@ fn embedding(out: &Output) -> Vec<f32> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lines(out)[0]["embedding"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
+    vector(&lines(out)[0])
+        .into_iter()
+        .map(|x| x as f32)
         .collect()
 }
 
