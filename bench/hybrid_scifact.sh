@@ -14,7 +14,7 @@
 # out, over the whole corpus), with the bare backbone's hybrid candidates: the
 # retrieval adapter was trained on those queries too, so its candidates would
 # flatter retrieval there. The test rows for every W of the grid are written as
-# well; the one chosen on dev is OUT/hybrid-weighted-iaa-l-rerank-dev.json.
+# well; the weight chosen on dev is in OUT/fuse-chosen-on-dev.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-experiments/hybrid}
@@ -57,15 +57,17 @@ if [ ! -e "$DEV/qrels/dev.tsv" ]; then
   ln -sf "$(cd "$DATA" && pwd)/corpus.jsonl" "$DEV/corpus.jsonl"
 fi
 
-row() {
-  local name=$1; shift
+# row_on DATA SPLIT NAME ARGS...: one `aside eval`, written to OUT/NAME.json once.
+row_on() {
+  local data=$1 split=$2 name=$3; shift 3
   if [ ! -s "$OUT/$name.json" ]; then
-    echo "== $name: aside eval $*" >&2
-    "$ASIDE" eval "${COMMON[@]}" --split test --json "$@" > "$OUT/$name.json.part"
+    echo "== $name: aside eval --split $split $*" >&2
+    "$ASIDE" eval --model "$MODEL" --data "$data" --split "$split" --json "$@" > "$OUT/$name.json.part"
     mv "$OUT/$name.json.part" "$OUT/$name.json"
   fi
   echo "$name $(cat "$OUT/$name.json")"
 }
+row() { row_on "$DATA" test "$@"; }
 A=(--adapter "$OUT/iaa-l.safetensors")
 row bm25 --mode lexical
 row dense
@@ -76,24 +78,18 @@ row hybrid-iaa-l "${A[@]}" --mode hybrid
 row hybrid-weighted-iaa-l "${A[@]}" --mode hybrid --fusion weighted
 R=(--rerank "$OUT/rerank-iaa-l.safetensors" --candidates 100)
 FUSES=${FUSES:-0 5 10 20 40 80}
-best="" best_ndcg=-1
 for fuse in $FUSES; do
-  name="dev-hybrid-weighted-rerank-fuse$fuse"
-  if [ ! -s "$OUT/$name.json" ]; then
-    echo "== $name (dev)" >&2
-    "$ASIDE" eval --model "$MODEL" --data "$DEV" --split dev --json --mode hybrid --fusion weighted \
-      "${R[@]}" --fuse "$fuse" > "$OUT/$name.json.part"
-    mv "$OUT/$name.json.part" "$OUT/$name.json"
-  fi
-  ndcg=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ndcg@10"])' "$OUT/$name.json")
-  echo "$name $(cat "$OUT/$name.json")"
-  if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$ndcg" "$best_ndcg"; then
-    best=$fuse best_ndcg=$ndcg
-  fi
+  row_on "$DEV" dev "dev-hybrid-weighted-rerank-fuse$fuse" --mode hybrid --fusion weighted "${R[@]}" --fuse "$fuse"
 done
-echo "fuse chosen on dev: $best (dev nDCG@10 $best_ndcg)"
+# The best dev nDCG@10 (the first W of the grid on a tie).
+python3 - "$OUT" $FUSES > "$OUT/fuse-chosen-on-dev.json" <<'PY'
+import json, sys
+out, fuses = sys.argv[1], sys.argv[2:]
+dev = {w: json.load(open(f"{out}/dev-hybrid-weighted-rerank-fuse{w}.json"))["ndcg@10"] for w in fuses}
+best = max(fuses, key=lambda w: dev[w])
+print(json.dumps({"fuse": float(best), "dev_ndcg@10": dev[best], "grid": {w: dev[w] for w in fuses}}))
+PY
+echo "fuse chosen on dev: $(cat "$OUT/fuse-chosen-on-dev.json")"
 for fuse in $FUSES; do
   row "hybrid-weighted-iaa-l-rerank-fuse$fuse" "${A[@]}" --mode hybrid --fusion weighted "${R[@]}" --fuse "$fuse"
 done
-cp "$OUT/hybrid-weighted-iaa-l-rerank-fuse$best.json" "$OUT/hybrid-weighted-iaa-l-rerank-dev.json"
-echo "hybrid-weighted-iaa-l-rerank-dev (fuse $best) $(cat "$OUT/hybrid-weighted-iaa-l-rerank-dev.json")"
